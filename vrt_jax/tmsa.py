@@ -1,0 +1,165 @@
+"""Temporal mutual self attention (TMSA, VRT Sec. 3.2): blocks, groups and the residual group.
+
+Features inside a group are (B, D, H, W, C) with D the number of frames.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vrt_jax.attention import WindowAttention, compute_mask, get_window_size, window_partition
+from vrt_jax.attention import window_reverse
+from vrt_jax.spynet import torch_conv_init
+
+
+def layer_norm(name: str) -> nn.LayerNorm:
+  # Exact two-pass variance, as PyTorch computes it.
+  return nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, name=name)
+
+
+def dense(features: int, name: str) -> nn.Dense:
+  return nn.Dense(features, kernel_init=torch_conv_init(), name=name)
+
+
+class MlpGEGLU(nn.Module):
+  """Feed-forward network with a GELU-gated linear unit: fc2(GELU(fc11(x)) * fc12(x)).
+
+  x: (..., C_in) -> (..., out_features).
+  """
+  hidden_features: int
+  out_features: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    h = nn.gelu(dense(self.hidden_features, "fc11")(x), approximate=False)
+    h = h * dense(self.hidden_features, "fc12")(x)
+    return dense(self.out_features, "fc2")(h)
+
+
+def drop_path(module: nn.Module, x: jax.Array, rate: float, train: bool) -> jax.Array:
+  """Stochastic depth: drops the residual branch per sample with probability `rate`."""
+  if rate == 0. or not train:
+    return x
+  keep = 1. - rate
+  shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+  mask = jax.random.bernoulli(module.make_rng("dropout"), keep, shape)
+  return jnp.where(mask, x / keep, 0.).astype(x.dtype)
+
+
+class TMSA(nn.Module):
+  """One TMSA block: (shifted) window attention, then a GEGLU MLP, each with a residual.
+
+  With `mut_attn` the attention is mutual + self attention over windows of two frames; without,
+  self attention only. x: (B, D, H, W, C) -> (B, D, H, W, C).
+  """
+  dim: int
+  num_heads: int
+  window_size: tuple[int, int, int]
+  shift_size: tuple[int, int, int] = (0, 0, 0)
+  mut_attn: bool = True
+  mlp_ratio: float = 2.
+  qkv_bias: bool = True
+  qk_scale: float | None = None
+  drop_path: float = 0.
+  use_checkpoint_attn: bool = False
+  use_checkpoint_ffn: bool = False
+
+  def setup(self):
+    self.norm1 = layer_norm("norm1")
+    self.attn = WindowAttention(self.dim, tuple(self.window_size), self.num_heads, self.qkv_bias,
+                                self.qk_scale, self.mut_attn)
+    self.norm2 = layer_norm("norm2")
+    self.mlp = MlpGEGLU(int(self.dim * self.mlp_ratio), self.dim)
+
+  def attention_part(self, x: jax.Array, train: bool) -> jax.Array:
+    b, d, h, w, c = x.shape
+    window_size, shift_size = get_window_size((d, h, w), self.window_size, self.shift_size)
+    x = self.norm1(x)
+    # Zero padding after the norm: padded tokens are keys/values too, as in the reference.
+    pad = [(0, -n % s) for n, s in zip((d, h, w), window_size, strict=True)]
+    x = jnp.pad(x, [(0, 0), *pad, (0, 0)])
+    _, dp, hp, wp, _ = x.shape
+    shifted = any(s > 0 for s in shift_size)
+    mask = None
+    if shifted:
+      x = jnp.roll(x, [-s for s in shift_size], axis=(1, 2, 3))
+      mask = compute_mask(dp, hp, wp, window_size, shift_size)
+    windows = self.attn(window_partition(x, window_size), mask=mask)
+    x = window_reverse(windows, window_size, b, dp, hp, wp)
+    if shifted:
+      x = jnp.roll(x, list(shift_size), axis=(1, 2, 3))
+    x = x[:, :d, :h, :w]
+    return drop_path(self, x, self.drop_path, train)
+
+  def ffn_part(self, x: jax.Array, train: bool) -> jax.Array:
+    return drop_path(self, self.mlp(self.norm2(x)), self.drop_path, train)
+
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    attn = TMSA.attention_part
+    ffn = TMSA.ffn_part
+    # Rematerialisation trades compute for memory like the reference's torch.checkpoint.
+    if self.use_checkpoint_attn:
+      attn = nn.remat(attn, static_argnums=(2,))
+    if self.use_checkpoint_ffn:
+      ffn = nn.remat(ffn, static_argnums=(2,))
+    x = x + attn(self, x, train)
+    return x + ffn(self, x, train)
+
+
+class TMSAG(nn.Module):
+  """A group of TMSA blocks; odd blocks use windows shifted by half a window.
+
+  x: (B, D, H, W, C) -> (B, D, H, W, C).
+  """
+  dim: int
+  depth: int
+  num_heads: int
+  window_size: tuple[int, int, int]
+  mut_attn: bool = True
+  mlp_ratio: float = 2.
+  qkv_bias: bool = True
+  qk_scale: float | None = None
+  drop_path: float | Sequence[float] = 0.
+  use_checkpoint_attn: bool = False
+  use_checkpoint_ffn: bool = False
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    shift = tuple(s // 2 for s in self.window_size)
+    for i in range(self.depth):
+      rate = self.drop_path[i] if isinstance(self.drop_path, Sequence) else self.drop_path
+      x = TMSA(self.dim, self.num_heads, tuple(self.window_size),
+               (0, 0, 0) if i % 2 == 0 else shift, self.mut_attn, self.mlp_ratio, self.qkv_bias,
+               self.qk_scale, float(rate), self.use_checkpoint_attn, self.use_checkpoint_ffn,
+               name=f"blocks_{i}")(x, train)
+    return x
+
+
+class RTMSA(nn.Module):
+  """Residual TMSA group of stage 8: x + Linear(TMSAG(x)), self attention only.
+
+  x: (B, D, H, W, C) -> (B, D, H, W, C).
+  """
+  dim: int
+  depth: int
+  num_heads: int
+  window_size: tuple[int, int, int]
+  mlp_ratio: float = 2.
+  qkv_bias: bool = True
+  qk_scale: float | None = None
+  drop_path: float | Sequence[float] = 0.
+  use_checkpoint_attn: bool = False
+  use_checkpoint_ffn: bool = False
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    y = TMSAG(self.dim, self.depth, self.num_heads, self.window_size, False, self.mlp_ratio,
+              self.qkv_bias, self.qk_scale, self.drop_path, self.use_checkpoint_attn,
+              self.use_checkpoint_ffn, name="residual_group")(x, train)
+    return x + dense(self.dim, "linear")(y)
+
+

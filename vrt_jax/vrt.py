@@ -1,0 +1,364 @@
+"""VRT: the Video Restoration Transformer (Liang et al., 2022), channels-last.
+
+The network: SpyNet flows -> nearest-neighbour image warping -> conv_first -> a U-shaped stack of
+seven stages at scales 1, 2, 4, 8, 4, 2, 1 (each: TMSA groups, then parallel warping) -> stage 8
+(residual TMSA groups at full size) -> a task head (x4 SR, deblurring/denoising, or frame
+interpolation when pa_frames is 0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vrt_jax.deform import DCNv2PackFlowGuided
+from vrt_jax.spynet import SpyNet, torch_conv_init
+from vrt_jax.tmsa import RTMSA, TMSAG, MlpGEGLU, dense, layer_norm
+from vrt_jax.warp import flow_warp, nearest4_warp, resize_bilinear
+
+SCALES = (1, 2, 4, 8, 4, 2, 1)
+RESHAPES = ("none", "down", "down", "down", "up", "up", "up")
+
+
+def conv_frames(x: jax.Array, features: int, kernel: int, name: str, padding: int | str = 1,
+                kernel_init=None) -> jax.Array:
+  """A per-frame 2-D convolution (the reference's Conv3d with kernel (1, k, k)).
+
+  x: (B, T, H, W, C) -> (B, T, H, W, features).
+  """
+  b, t = x.shape[:2]
+  conv = nn.Conv(features, (kernel, kernel), padding=padding,
+                 kernel_init=kernel_init or torch_conv_init(), name=name)
+  y = conv(x.reshape(b * t, *x.shape[2:]))
+  return y.reshape(b, t, *y.shape[1:])
+
+
+def pixel_shuffle(x: jax.Array, r: int) -> jax.Array:
+  """PyTorch's PixelShuffle per frame, channels-last: (..., H, W, C r^2) -> (..., rH, rW, C)."""
+  *lead, h, w, c = x.shape
+  x = x.reshape(*lead, h, w, c // (r * r), r, r)
+  n = len(lead)
+  x = x.transpose(*range(n), n, n + 3, n + 1, n + 4, n + 2)
+  return x.reshape(*lead, h * r, w * r, c // (r * r))
+
+
+def flows_composed(flows: Sequence[jax.Array], flows2: Sequence[jax.Array], forward: bool,
+                   step: int) -> list[jax.Array]:
+  """Flows over `step + 1` frames by chaining: f(t -> t+k+1) = f_k + warp(f_1 at t+k, f_k).
+
+  `flows` are the 1-frame flows (B, T-1, H, W, 2) per scale, `flows2` the `step`-frame ones
+  (B, T-step, H, W, 2). Returns (B, T-step-1, H, W, 2) per scale, indexed like the reference.
+  """
+  out = []
+  for f1, fk in zip(flows, flows2, strict=True):
+    b, n, h, w, _ = fk.shape
+    if forward:
+      near, far = fk[:, 1:], f1[:, :n - 1]
+    else:
+      near, far = fk[:, :-1], f1[:, step:]
+    warped = flow_warp(far.reshape(-1, h, w, 2), near.reshape(-1, h, w, 2))
+    out.append(near + warped.reshape(near.shape))
+  return out
+
+
+class Stage(nn.Module):
+  """One stage of the U-shaped stack: reshape, TMSA groups, parallel warping.
+
+  x: (B, T, H, W, in_dim) -> (B, T, H', W', dim) with H' = 2H ('up'), H/2 ('down') or H ('none').
+  flows_backward / flows_forward: pa_frames / 2 arrays (B, T - k, H', W', 2), k = 1..pa_frames/2.
+  """
+  in_dim: int
+  dim: int
+  depth: int
+  num_heads: int
+  window_size: tuple[int, int, int]
+  mul_attn_ratio: float = 0.75
+  mlp_ratio: float = 2.
+  qkv_bias: bool = True
+  qk_scale: float | None = None
+  drop_path: Sequence[float] = ()
+  pa_frames: int = 2
+  deformable_groups: int = 16
+  reshape: str = "none"
+  max_residue_magnitude: float = 10.
+  use_checkpoint_attn: bool = False
+  use_checkpoint_ffn: bool = False
+
+  @nn.compact
+  def __call__(self, x: jax.Array, flows_backward: Sequence[jax.Array],
+               flows_forward: Sequence[jax.Array], train: bool = False) -> jax.Array:
+    b, t, h, w, c = x.shape
+    if self.reshape == "down":
+      # 'n c d (h neih) (w neiw) -> n d h w (neiw neih c)'
+      x = x.reshape(b, t, h // 2, 2, w // 2, 2, c).transpose(0, 1, 2, 4, 5, 3, 6)
+      x = x.reshape(b, t, h // 2, w // 2, 4 * c)
+    elif self.reshape == "up":
+      # 'n (neiw neih c) d h w -> n d (h neih) (w neiw) c'
+      x = x.reshape(b, t, h, w, 2, 2, c // 4).transpose(0, 1, 2, 5, 3, 4, 6)
+      x = x.reshape(b, t, 2 * h, 2 * w, c // 4)
+    x = layer_norm("reshape_1")(x)
+    if self.reshape != "none":
+      x = dense(self.dim, "reshape_2")(x)
+
+    ws = tuple(self.window_size)
+    depth1 = int(self.depth * self.mul_attn_ratio)
+    y = TMSAG(self.dim, depth1, self.num_heads, (2, ws[1], ws[2]), True, self.mlp_ratio,
+              self.qkv_bias, self.qk_scale, tuple(self.drop_path), self.use_checkpoint_attn,
+              self.use_checkpoint_ffn, name="residual_group1")(x, train)
+    x = dense(self.dim, "linear1")(y) + x
+    # The reference always checkpoints the attention of the self-attention group.
+    y = TMSAG(self.dim, self.depth - depth1, self.num_heads, ws, False, self.mlp_ratio,
+              self.qkv_bias, self.qk_scale, tuple(self.drop_path), True,
+              self.use_checkpoint_ffn, name="residual_group2")(x, train)
+    x = dense(self.dim, "linear2")(y) + x
+
+    if self.pa_frames:
+      pa_deform = DCNv2PackFlowGuided(self.dim, self.deformable_groups,
+                                      self.max_residue_magnitude, self.pa_frames,
+                                      name="pa_deform")
+      x_backward, x_forward = parallel_warp(x, flows_backward, flows_forward, pa_deform)
+      x = MlpGEGLU(3 * self.dim, self.dim, name="pa_fuse")(
+          jnp.concatenate([x, x_backward, x_forward], axis=-1))
+    return x
+
+
+def parallel_warp(x: jax.Array, flows_backward: Sequence[jax.Array],
+                  flows_forward: Sequence[jax.Array], pa_deform: nn.Module
+                  ) -> tuple[jax.Array, jax.Array]:
+  """Parallel warping (VRT Sec. 3.3): align the next / previous pa_frames/2 frames to each frame.
+
+  x: (B, T, H, W, C) -> backward-aligned and forward-aligned features, both (B, T, H, W, C); the
+  last (resp. first) frame has no later (earlier) neighbours and gets zeros. Neighbours beyond the
+  clip are zero frames with zero flow, as in the reference. All frames and both directions go
+  through the deformable convolution in one batch.
+  """
+  b, t, h, w, c = x.shape
+  num = len(flows_backward)
+
+  def pad_frames(a, before, after):
+    return jnp.pad(a, [(0, 0), (before, after)] + [(0, 0)] * (a.ndim - 2))
+
+  # Backward: frame i gets frames i + k (k = 1..num) warped with flows_backward[k-1][:, i].
+  nb_b = [pad_frames(x[:, k:], 0, k - 1) for k in range(1, num + 1)]
+  fl_b = [pad_frames(f, 0, k - 1) for k, f in enumerate(flows_backward, start=1)]
+  # Forward: frame i gets frames i - k warped with flows_forward[k-1][:, i - k].
+  nb_f = [pad_frames(x[:, :t - k], k - 1, 0) for k in range(1, num + 1)]
+  fl_f = [pad_frames(f, k - 1, 0) for k, f in enumerate(flows_forward, start=1)]
+
+  def fold(a):  # (B, T-1, ...) -> (B * (T-1), ...)
+    return a.reshape(-1, *a.shape[2:])
+
+  nbrs = [jnp.concatenate([fold(p), fold(q)]) for p, q in zip(nb_b, nb_f, strict=True)]
+  flows = [jnp.concatenate([fold(p), fold(q)]) for p, q in zip(fl_b, fl_f, strict=True)]
+  current = jnp.concatenate([fold(x[:, :-1]), fold(x[:, 1:])])
+  warped = [flow_warp(nb, fl) for nb, fl in zip(nbrs, flows, strict=True)]
+  aligned = pa_deform(jnp.concatenate(nbrs, axis=-1), warped, current, flows)
+  aligned = aligned.reshape(2, b, t - 1, h, w, -1)
+  zeros = jnp.zeros_like(aligned[0, :, :1])
+  x_backward = jnp.concatenate([aligned[0], zeros], axis=1)
+  x_forward = jnp.concatenate([zeros, aligned[1]], axis=1)
+  return x_backward, x_forward
+
+
+class VRT(nn.Module):
+  """Video Restoration Transformer. Fields are the official constructor's keyword arguments.
+
+  x: (B, T, H, W, in_chans), plus one noise-map channel (sigma / 255) when nonblind_denoising,
+  float32 in [0, 1] -> (B, T, upscale * H, upscale * W, out_chans); for frame interpolation
+  (pa_frames 0) -> (B, out_chans / 3, H, W, 3). H and W must be multiples of 8 with
+  H / 8 >= window_size[1] and W / 8 >= window_size[2] (mutual attention needs full windows at
+  scale 8). `spynet_path` is accepted for compatibility and ignored: SpyNet weights come with the
+  checkpoint (see vrt_jax.convert).
+  """
+  upscale: int = 4
+  in_chans: int = 3
+  out_chans: int = 3
+  img_size: Sequence[int] = (6, 64, 64)
+  window_size: Sequence[int] = (6, 8, 8)
+  depths: Sequence[int] = (8, 8, 8, 8, 8, 8, 8, 4, 4, 4, 4, 4, 4)
+  indep_reconsts: Sequence[int] = (11, 12)
+  embed_dims: Sequence[int] = (120,) * 7 + (180,) * 6
+  num_heads: Sequence[int] = (6,) * 13
+  mul_attn_ratio: float = 0.75
+  mlp_ratio: float = 2.
+  qkv_bias: bool = True
+  qk_scale: float | None = None
+  drop_path_rate: float = 0.2
+  spynet_path: str | None = None
+  pa_frames: int = 2
+  deformable_groups: int = 16
+  recal_all_flows: bool = False
+  nonblind_denoising: bool = False
+  use_checkpoint_attn: bool = False
+  use_checkpoint_ffn: bool = False
+  no_checkpoint_attn_blocks: Sequence[int] = ()
+  no_checkpoint_ffn_blocks: Sequence[int] = ()
+
+  def check_input(self, shape: Sequence[int]) -> None:
+    """Raises ValueError unless a clip of this shape is a valid input."""
+    expected_c = self.in_chans + (1 if self.nonblind_denoising and self.pa_frames else 0)
+    layout = f"(B, T, H, W, {expected_c})"
+    if len(shape) != 5:
+      raise ValueError(f"VRT expects a clip of shape {layout}, got rank {len(shape)}: {shape}")
+    _, t, h, w, c = shape
+    if c != expected_c:
+      extra = " (RGB + noise map sigma/255)" if self.nonblind_denoising else ""
+      raise ValueError(f"VRT expects {expected_c} channels{extra}, shape {layout}; got {shape}")
+    ws = self.window_size
+    for name, n, wsi in (("H", h, ws[1]), ("W", w, ws[2])):
+      if n % 8 or n // 8 < wsi:
+        raise ValueError(
+            f"{name}={n} is not supported: H and W must be multiples of 8 and at least "
+            f"{8 * wsi} (the {wsi}-pixel window at scale 8); pad or tile the clip "
+            "(vrt_jax.inference.restore does both).")
+    min_t = {0: 2, 2: 2, 4: 3, 6: 4}.get(self.pa_frames)
+    if min_t is None:
+      raise ValueError(f"pa_frames must be 0, 2, 4 or 6, got {self.pa_frames}")
+    if self.pa_frames == 0 and t != self.img_size[0]:
+      raise ValueError(f"Frame interpolation (pa_frames=0) needs exactly img_size[0]="
+                       f"{self.img_size[0]} input frames, got T={t}")
+    if t < min_t:
+      raise ValueError(f"VRT with pa_frames={self.pa_frames} needs at least {min_t} frames, "
+                       f"got T={t}")
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    self.check_input(x.shape)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+      raise ValueError(f"VRT expects a float clip in [0, 1], got dtype {x.dtype}")
+    if self.pa_frames:
+      return self._restore(x, train)
+    return self._interpolate(x, train)
+
+  def _restore(self, x: jax.Array, train: bool) -> jax.Array:
+    noise_map = None
+    if self.nonblind_denoising:
+      x, noise_map = x[..., :self.in_chans], x[..., self.in_chans:]
+    x_lq = x
+    flows_backward, flows_forward = self.get_flows(x)
+    x_backward, x_forward = self.aligned_images(x, flows_backward[0], flows_forward[0])
+    x = jnp.concatenate([x, x_backward, x_forward] + ([noise_map] if noise_map is not None
+                                                       else []), axis=-1)
+    x = conv_frames(x, self.embed_dims[0], 3, "conv_first")
+    x = x + dense(self.embed_dims[0], "conv_after_body")(
+        self.forward_features(x, flows_backward, flows_forward, train))
+    if self.upscale == 1:
+      return conv_frames(x, self.out_chans, 3, "conv_last") + x_lq
+    num_feat = 64
+    x = nn.leaky_relu(conv_frames(x, num_feat, 3, "conv_before_upsample_0"), 0.01)
+    x = self.upsample(x, num_feat)
+    x = conv_frames(x, self.out_chans, 3, "conv_last")
+    b, t, h, w, c = x_lq.shape
+    skip = resize_bilinear(x_lq.reshape(b * t, h, w, c), x.shape[2:4])
+    return x + skip.reshape(b, t, *skip.shape[1:])
+
+  def upsample(self, x: jax.Array, num_feat: int) -> jax.Array:
+    """Conv + PixelShuffle(2) + LeakyReLU(0.1) per factor 2 (or once for 3), then a conv."""
+    if self.upscale & (self.upscale - 1) == 0:
+      factors = [2] * (self.upscale.bit_length() - 1)
+    elif self.upscale == 3:
+      factors = [3]
+    else:
+      raise ValueError(f"upscale {self.upscale} is not supported: use 1, 3 or a power of 2")
+    for i, r in enumerate(factors):
+      x = conv_frames(x, r * r * num_feat, 3, f"upsample_{5 * i}")
+      x = nn.leaky_relu(pixel_shuffle(x, r), 0.1)
+    return conv_frames(x, num_feat, 3, f"upsample_{5 * len(factors)}")
+
+  def _interpolate(self, x: jax.Array, train: bool) -> jax.Array:
+    x_mean = x.mean(axis=(1, 2, 3), keepdims=True)
+    x = conv_frames(x - x_mean, self.embed_dims[0], 3, "conv_first")
+    x = x + dense(self.embed_dims[0], "conv_after_body")(self.forward_features(x, [], [], train))
+    b, t, h, w, c = x.shape
+    x = x.transpose(0, 2, 3, 1, 4).reshape(b, h, w, t * c)  # Frames stacked along channels.
+    x = nn.leaky_relu(nn.Conv(64, (1, 1), kernel_init=torch_conv_init(), name="linear_fuse")(x),
+                      0.2)
+    x = jnp.pad(x, ((0, 0), (3, 3), (3, 3), (0, 0)), mode="reflect")
+    x = nn.Conv(self.out_chans, (7, 7), padding="VALID", kernel_init=torch_conv_init(),
+                name="conv_last")(x)
+    x = x.reshape(b, h, w, self.out_chans // 3, 3).transpose(0, 3, 1, 2, 4)
+    return x + x_mean
+
+  def get_flows(self, x: jax.Array) -> tuple[list[jax.Array], list[jax.Array]]:
+    """SpyNet flows between neighbours (and composed 2- and 3-frame flows for pa_frames 4/6).
+
+    x: (B, T, H, W, 3) -> (backward, forward) lists ordered [k=1 at scales 1, 2, 4, 8, k=2 ...],
+    each (B, T - k, H / s, W / s, 2). Backward flows align frame t+k to t, forward t-k to t.
+    """
+    b, t, h, w, c = x.shape
+    x1 = x[:, :-1].reshape(-1, h, w, c)
+    x2 = x[:, 1:].reshape(-1, h, w, c)
+    # Both directions in one SpyNet batch.
+    flows = SpyNet(name="spynet")(jnp.concatenate([x1, x2]), jnp.concatenate([x2, x1]))
+    n = b * (t - 1)
+    fb1 = [f[:n].reshape(b, t - 1, *f.shape[1:]) for f in flows]
+    ff1 = [f[n:].reshape(b, t - 1, *f.shape[1:]) for f in flows]
+    fb, ff = list(fb1), list(ff1)
+    if self.pa_frames >= 4:
+      fb2 = flows_composed(fb1, fb1, forward=False, step=1)
+      ff2 = flows_composed(ff1, ff1, forward=True, step=1)
+      fb, ff = fb + fb2, ff + ff2
+    if self.pa_frames >= 6:
+      fb += flows_composed(fb1, fb2, forward=False, step=2)
+      ff += flows_composed(ff1, ff2, forward=True, step=2)
+    return fb, ff
+
+  @staticmethod
+  def aligned_images(x: jax.Array, flows_backward: jax.Array, flows_forward: jax.Array
+                     ) -> tuple[jax.Array, jax.Array]:
+    """Nearest-neighbour warping of the next / previous frame onto each frame.
+
+    x: (B, T, H, W, C) -> two (B, T, H, W, 4C), zeros where the neighbour does not exist.
+    """
+    b, t, h, w, c = x.shape
+    fold = lambda a: a.reshape(-1, *a.shape[2:])
+    warped = nearest4_warp(jnp.concatenate([fold(x[:, 1:]), fold(x[:, :-1])]),
+                           jnp.concatenate([fold(flows_backward), fold(flows_forward)]))
+    warped = warped.reshape(2, b, t - 1, h, w, 4 * c)
+    zeros = jnp.zeros_like(warped[0, :, :1])
+    return (jnp.concatenate([warped[0], zeros], axis=1),
+            jnp.concatenate([zeros, warped[1]], axis=1))
+
+  def forward_features(self, x: jax.Array, flows_backward: Sequence[jax.Array],
+                       flows_forward: Sequence[jax.Array], train: bool) -> jax.Array:
+    """The U-shaped stack and stage 8. x: (B, T, H, W, C0) -> (B, T, H, W, embed_dims[-1])."""
+    depths = list(self.depths)
+    dpr = np.linspace(0, self.drop_path_rate, sum(depths), dtype=np.float32).tolist()
+    ckpt_attn = [self.use_checkpoint_attn and i not in self.no_checkpoint_attn_blocks
+                 for i in range(len(depths))]
+    ckpt_ffn = [self.use_checkpoint_ffn and i not in self.no_checkpoint_ffn_blocks
+                for i in range(len(depths))]
+    level = [0, 1, 2, 3, 2, 1, 0]  # Flow scale index of each stage.
+    ws = tuple(self.window_size)
+
+    def stage(i, inp):
+      return Stage(
+          in_dim=self.embed_dims[i - 1], dim=self.embed_dims[i], depth=depths[i],
+          num_heads=self.num_heads[i], window_size=ws, mul_attn_ratio=self.mul_attn_ratio,
+          mlp_ratio=self.mlp_ratio, qkv_bias=self.qkv_bias, qk_scale=self.qk_scale,
+          drop_path=tuple(dpr[sum(depths[:i]):sum(depths[:i + 1])]), pa_frames=self.pa_frames,
+          deformable_groups=self.deformable_groups, reshape=RESHAPES[i],
+          max_residue_magnitude=10 / SCALES[i], use_checkpoint_attn=ckpt_attn[i],
+          use_checkpoint_ffn=ckpt_ffn[i], name=f"stage{i + 1}",
+      )(inp, flows_backward[level[i]::4], flows_forward[level[i]::4], train)
+
+    x1 = stage(0, x)
+    x2 = stage(1, x1)
+    x3 = stage(2, x2)
+    x4 = stage(3, x3)
+    x = stage(4, x4)
+    x = stage(5, x + x3)
+    x = stage(6, x + x2)
+    x = x + x1
+
+    x = dense(self.embed_dims[7], "stage8_0_2")(layer_norm("stage8_0_1")(x))
+    for i in range(7, len(depths)):
+      window = (1, ws[1], ws[2]) if i in self.indep_reconsts else ws
+      x = RTMSA(self.embed_dims[i], depths[i], self.num_heads[i], window, self.mlp_ratio,
+                self.qkv_bias, self.qk_scale, tuple(dpr[sum(depths[:i]):sum(depths[:i + 1])]),
+                ckpt_attn[i], ckpt_ffn[i], name=f"stage8_{i - 6}")(x, train)
+    return layer_norm("norm")(x)
