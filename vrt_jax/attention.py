@@ -47,7 +47,7 @@ def get_window_size(x_size: Sequence[int], window_size: Sequence[int],
   return tuple(ws), tuple(ss)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def compute_mask(d: int, h: int, w: int, window_size: tuple[int, int, int],
                  shift_size: tuple[int, int, int]) -> np.ndarray:
   """The shifted-window attention mask (0 or -100) for a padded input of size (d, h, w).
@@ -76,7 +76,7 @@ def _np_window_partition(x: np.ndarray, window_size: Sequence[int]) -> np.ndarra
   return x.reshape(-1, wd * wh * ww, c)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def relative_position_index(window_size: tuple[int, int, int]) -> np.ndarray:
   """(N, N) index into the relative position bias table; buffer `relative_position_index`."""
   coords = np.stack(np.meshgrid(*[np.arange(s) for s in window_size], indexing="ij"))
@@ -88,7 +88,7 @@ def relative_position_index(window_size: tuple[int, int, int]) -> np.ndarray:
   return rel.sum(-1).astype(np.int32)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def sine_position_encoding(hw: tuple[int, int], num_pos_feats: int,
                            temperature: float = 10000.) -> np.ndarray:
   """DETR-style normalised sine encoding of an h x w window; buffer `position_bias`.

@@ -1,4 +1,4 @@
-"""SpyNet optical flow (Ranjan & Black, 2017) as used by VRT, returning flows at scales 1, 2, 4, 8."""
+"""SpyNet optical flow (Ranjan & Black, 2017) as used by VRT: flows at scales 1, 2, 4, 8."""
 
 from __future__ import annotations
 

@@ -11,8 +11,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vrt_jax.attention import WindowAttention, compute_mask, get_window_size, window_partition
-from vrt_jax.attention import window_reverse
+from vrt_jax.attention import (
+  WindowAttention,
+  compute_mask,
+  get_window_size,
+  window_partition,
+  window_reverse,
+)
 from vrt_jax.spynet import torch_conv_init
 
 

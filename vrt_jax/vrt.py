@@ -80,7 +80,7 @@ class Stage(nn.Module):
   mlp_ratio: float = 2.
   qkv_bias: bool = True
   qk_scale: float | None = None
-  drop_path: Sequence[float] = ()
+  drop_path: float | Sequence[float] = 0.
   pa_frames: int = 2
   deformable_groups: int = 16
   reshape: str = "none"
@@ -106,13 +106,14 @@ class Stage(nn.Module):
 
     ws = tuple(self.window_size)
     depth1 = int(self.depth * self.mul_attn_ratio)
+    rates = self.drop_path if isinstance(self.drop_path, float) else tuple(self.drop_path)
     y = TMSAG(self.dim, depth1, self.num_heads, (2, ws[1], ws[2]), True, self.mlp_ratio,
-              self.qkv_bias, self.qk_scale, tuple(self.drop_path), self.use_checkpoint_attn,
+              self.qkv_bias, self.qk_scale, rates, self.use_checkpoint_attn,
               self.use_checkpoint_ffn, name="residual_group1")(x, train)
     x = dense(self.dim, "linear1")(y) + x
     # The reference always checkpoints the attention of the self-attention group.
     y = TMSAG(self.dim, self.depth - depth1, self.num_heads, ws, False, self.mlp_ratio,
-              self.qkv_bias, self.qk_scale, tuple(self.drop_path), True,
+              self.qkv_bias, self.qk_scale, rates, True,
               self.use_checkpoint_ffn, name="residual_group2")(x, train)
     x = dense(self.dim, "linear2")(y) + x
 

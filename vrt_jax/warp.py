@@ -86,7 +86,7 @@ def nearest4_warp(img: jax.Array, flow: jax.Array) -> jax.Array:
   return jnp.concatenate(outs, axis=-1)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def linear_resize_matrix(in_size: int, out_size: int, align_corners: bool) -> np.ndarray:
   """(out_size, in_size) matrix of PyTorch's 1-D linear interpolation weights (no antialias)."""
   dst = np.arange(out_size, dtype=np.float32)
