@@ -1,0 +1,163 @@
+"""eval.py on a tiny REDS4-like paired dataset: table, results.json / .csv, images."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from vrt_jax import eval_lib, inference, metrics, presets, video
+from vrt_jax.data import synthetic, testsets
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY_CONFIG = """\
+import ml_collections
+from vrt_jax import presets
+
+def get_config():
+  config = ml_collections.ConfigDict()
+  config.preset = None
+  config.model = ml_collections.ConfigDict(presets.tiny())
+  config.task = "deblur"
+  config.scale = 1
+  return config
+"""
+
+
+def write_tiny_setup(tmp_path):
+  """A config file for the tiny VRT and exported random weights for it (no slow model.init)."""
+  import vrt_jax
+  from vrt_jax import checkpoint
+
+  (tmp_path / "tiny_config.py").write_text(TINY_CONFIG)
+  model = vrt_jax.VRT(**presets.tiny())
+  rng = np.random.default_rng(0)
+
+  def fill(path, leaf):
+    name = jax.tree_util.keystr(path)
+    if "scale" in name:
+      return np.ones(leaf.shape, leaf.dtype)
+    if "bias" in name:
+      return np.zeros(leaf.shape, leaf.dtype)
+    return (0.05 * rng.standard_normal(leaf.shape)).astype(leaf.dtype)
+
+  params = jax.tree_util.tree_map_with_path(fill, checkpoint.abstract_params(model))
+  checkpoint.export_params(str(tmp_path / "weights"), params, presets.tiny())
+  return tmp_path / "tiny_config.py", tmp_path / "weights"
+
+
+class Residual(nn.Module):
+  """A fast stand-in with VRT's fields: y = x + 0.1 conv(x)."""
+
+  upscale: int = 1
+  in_chans: int = 3
+  out_chans: int = 3
+  window_size: tuple = (2, 8, 8)
+  img_size: tuple = (4, 16, 16)
+  pa_frames: int = 2
+  nonblind_denoising: bool = False
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    return x + 0.1 * nn.Conv(self.out_chans, (1, 3, 3))(x)
+
+
+def make_reds_like(root, clips=("000", "011"), num_frames=6, size=64):
+  """root/{lq,gt}/<clip>/%08d.png: motion-blurred synthetic clips and their sharp frames."""
+  for i, name in enumerate(clips):
+    blurred, sharp = synthetic.make_blurred_clip(i, num_frames=num_frames, size=size, split="test")
+    video.write_video(root / "lq" / name, blurred)
+    video.write_video(root / "gt" / name, sharp)
+
+
+@pytest.mark.slow
+def test_eval_script_prints_table_and_writes_results(tmp_path):
+  cfg, weights = write_tiny_setup(tmp_path)
+  make_reds_like(tmp_path)
+  out = tmp_path / "results"
+  proc = subprocess.run(
+      [sys.executable, "eval.py", "--config", str(cfg), "--checkpoint", str(weights),
+       "--lq", str(tmp_path / "lq"), "--gt", str(tmp_path / "gt"), "--output", str(out),
+       "--tile", "6,64,64", "--tile_overlap", "2,16,16", "--save_images"],
+      cwd=REPO, capture_output=True, text=True, timeout=600,
+      env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  lines = proc.stdout.splitlines()
+  assert any(line.startswith("000 ") for line in lines)
+  assert any(line.startswith("011 ") for line in lines)
+  average = [line for line in lines if line.startswith("average")]
+  assert average, proc.stdout
+  results = json.loads((out / "results.json").read_text())
+  assert [c["name"] for c in results["clips"]] == ["000", "011"]
+  for key in eval_lib.METRIC_KEYS:
+    mean = np.mean([c[key] for c in results["clips"]])
+    assert results["average"][key] == pytest.approx(mean)
+  assert 5 < results["average"]["psnr"] < 60 and 0 < results["average"]["ssim"] <= 1
+  assert f"{results['average']['psnr']:8.2f}" in average[0]
+  rows = list(csv.reader(open(out / "results.csv")))
+  assert rows[0] == ["clip", "frames", *eval_lib.METRIC_KEYS] and rows[-1][0] == "average"
+  assert len(list((out / "000").glob("*.png"))) == 6
+  comparison = video.read_image(out / "comparison.png")
+  assert comparison.shape == (64, 3 * 64, 3)
+
+
+def _standin():
+  model = Residual()
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 4, 16, 16, 3)))
+  return model, variables
+
+
+def test_evaluate_scores_the_right_frames(tmp_path):
+  # Vimeo-style clip: 8 input frames, only output frame 3 is scored against the one GT frame.
+  model, variables = _standin()
+  rng = np.random.default_rng(0)
+  lq = rng.random((8, 16, 16, 3), dtype=np.float32)
+  out = inference.restore(model, variables, lq[None], progress=False)[0]
+  gt = np.clip(out[3:4] + 0.02, 0, 1)
+  clip = testsets.TestClip("seq", lq, gt, [3], ["im4"])
+  res = eval_lib.evaluate(model, variables, [clip], tile=(0, 0, 0), tile_overlap=(0, 0, 0),
+                          output_dir=str(tmp_path), save_images=True, log=lambda s: None)
+  assert res["clips"][0]["psnr"] == pytest.approx(metrics.clip_metrics(out[3:4], gt)["psnr"])
+  assert (tmp_path / "seq" / "im4.png").is_file()
+  table = eval_lib.format_table(res)
+  assert "average" in table and "seq" in table
+
+
+def test_evaluate_rejects_mismatched_sizes():
+  model, variables = _standin()
+  lq = np.zeros((4, 16, 16, 3), np.float32)
+  clip = testsets.TestClip("c", lq, np.zeros((4, 32, 32, 3), np.float32), [0, 1, 2, 3],
+                           ["0", "1", "2", "3"])
+  with pytest.raises(ValueError, match="GT frames are"):
+    eval_lib.evaluate(model, variables, [clip], tile=(0, 0, 0), tile_overlap=(0, 0, 0),
+                      log=lambda s: None)
+
+
+def test_defaults_follow_the_official_settings(tmp_path):
+  assert eval_lib.default_tiling("001_VRT_videosr_bi_REDS_6frames", "paired") == (
+      (40, 128, 128), (2, 20, 20))
+  assert eval_lib.default_tiling("009_VRT_videofi_Vimeo_4frames", "vfi_davis") == (
+      (0, 256, 256), (0, 20, 20))
+  assert eval_lib.default_tiling("003_VRT_videosr_bi_Vimeo_7frames", "vimeo") == (
+      (0, 0, 0), (0, 0, 0))
+  assert eval_lib.default_layout("denoise", None) == "davis"
+  assert eval_lib.default_layout("vfi", None) == "vfi"
+  (tmp_path / "sequences").mkdir()
+  assert eval_lib.default_layout("sr", str(tmp_path)) == "vimeo"
+  with pytest.raises(ValueError, match="unknown layout"):
+    eval_lib.make_testset("nope", lq=None, gt=None)
+  with pytest.raises(ValueError, match="sigma"):
+    (tmp_path / "davis" / "a").mkdir(parents=True)
+    eval_lib.make_testset("davis", lq=None, gt=str(tmp_path / "davis"), sigma=0)
+  config = ml_collections.ConfigDict(dict(model=presets.tiny(), preset=None, task="deblur",
+                                          scale=1))
+  assert eval_lib.build_model(config).pa_frames == 2

@@ -1,0 +1,349 @@
+"""Tiled inference: restore clips of any length and size with a fixed-size model call.
+
+This is the official test procedure of VRT (`test_video` / `test_clip` in `main_test_vrt.py`):
+
+* Temporal tiles of `tile[0]` frames start at
+  `range(0, T - tile[0], stride) + [max(0, T - tile[0])]` with `stride = tile[0] - tile_overlap[0]`;
+  outputs are averaged where tiles overlap.
+* Each temporal tile is cut into spatial tiles the same way (`tile[1]` rows, `tile[2]` columns; the
+  reference uses `tile[1]` for both). On interior tile edges `tile_overlap // 2` output rows/columns
+  are dropped (the reference zeroes them), then the overlapping contributions are averaged.
+* A tile size of 0 means the whole dimension: T is padded to a multiple of `window_size[0]` by
+  appending the last frames in reverse order, H and W to multiples of `window_size[1:]` by mirroring
+  the last rows/columns, and the output is cropped back.
+
+Because the index lists end at `max(0, d - tile)`, every tile is full-size whenever the clip is at
+least a tile long, so all tiles share one shape and one compiled function. Two deliberate
+differences from the reference, both only where the reference itself is ill-defined for our model:
+
+* A dimension shorter than its tile is restored untiled (mirror-padded to the window multiple as
+  above, then cropped). The reference feeds such a short tile to the model unpadded and relies on
+  PyTorch VRT padding its attention windows with zeros; the JAX model wants H and W multiples of
+  8 and at least 8 windows (64 pixels), so frames smaller than that are mirror-padded up to it.
+* A spatial overlap below 2 drops nothing. The reference's `out[..., -0:, :] *= 0` zeroes the whole
+  tile for overlap 0, which makes its output NaN.
+
+Frame interpolation models (`pa_frames == 0`) map `img_size[0]` input frames to one frame; they
+are never tiled in time: the whole input (which must have `img_size[0]` frames) is one temporal
+tile and the output has a single frame.
+
+Memory: one tile at a time is on the device; results accumulate on the host in float32 numpy and
+`restore_stream` hands frames out as soon as no later tile touches them, so a streaming caller
+holds about one temporal tile of input and output at a time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+# Noisy denoising inputs are not clipped, so allow some slack around [0, 1] before calling the
+# input mis-scaled; a 0-255 image is far outside this.
+_RANGE_SLACK = 1.5
+
+ApplyFn = Callable[[Any, np.ndarray], Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """What tiled inference needs to know about a model (read from a VRT module's fields)."""
+
+  scale: int
+  window_size: tuple[int, int, int]
+  in_channels: int  # Including the noise-map channel of non-blind denoising.
+  out_channels: int
+  pa_frames: int
+  num_frames: int  # img_size[0]: the input length of frame interpolation models.
+  min_hw: tuple[int, int]  # Smallest H, W the model accepts.
+
+  @classmethod
+  def from_model(cls, model: Any) -> ModelSpec:
+    nonblind = bool(getattr(model, "nonblind_denoising", False))
+    in_chans = int(getattr(model, "in_chans", 3))
+    out_chans = int(getattr(model, "out_chans", 3))
+    img_size = tuple(getattr(model, "img_size", (6, 64, 64)))
+    window = tuple(int(w) for w in model.window_size)
+    # VRT downsamples by 8 and needs a whole window there; other modules only the multiple.
+    from vrt_jax.vrt import VRT
+
+    factor = 8 if isinstance(model, VRT) else 1
+    return cls(
+        scale=int(model.upscale),
+        window_size=window,
+        in_channels=in_chans + (1 if nonblind else 0),
+        out_channels=out_chans,
+        pa_frames=int(model.pa_frames),
+        num_frames=int(img_size[0]),
+        min_hw=(factor * window[1], factor * window[2]))
+
+  @property
+  def is_interpolation(self) -> bool:
+    return self.pa_frames == 0
+
+
+def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
+  """Start indices of the tiles along one dimension, exactly as the reference lists them."""
+  stride = tile - overlap
+  return list(range(0, size - tile, stride)) + [max(0, size - tile)]
+
+
+def mirror_pad(x: np.ndarray, axis: int, multiple: int, minimum: int = 0, *,
+               extend: bool = True) -> np.ndarray:
+  """Pads `axis` to a multiple (and at least `minimum`) by appending its last entries reversed.
+
+  This is the reference's `torch.cat([x, torch.flip(x[-pad:])])`, which appends at most the whole
+  axis once. With `extend` (used for H and W, which our model needs at full multiples) a longer
+  pad continues the reflection symmetrically; without it (time, which the model pads itself) the
+  reference's shortfall is kept.
+  """
+  size = x.shape[axis]
+  target = max(size + (multiple - size % multiple) % multiple, minimum)
+  pad = target - size if extend else min(target - size, size)
+  if not pad:
+    return x
+  widths = [(0, 0)] * x.ndim
+  widths[axis] = (0, pad)
+  return np.pad(x, widths, mode="symmetric")
+
+
+def check_clip(lq: Any, in_channels: int, *, name: str = "lq") -> np.ndarray:
+  """Validates a (B, T, H, W, C) float clip in [0, 1] and returns it as float32 numpy."""
+  shape = getattr(lq, "shape", None)
+  if shape is None or len(shape) != 5:
+    raise ValueError(f"{name} must be a (B, T, H, W, C) array; got shape {shape}")
+  dtype = np.dtype(getattr(lq, "dtype", np.float32))
+  if not np.issubdtype(dtype, np.floating):
+    raise ValueError(
+        f"{name} must be floating point in [0, 1]; got dtype {dtype}. Convert uint8 frames with "
+        "x.astype(np.float32) / 255.")
+  if shape[-1] != in_channels:
+    raise ValueError(
+        f"{name} must have {in_channels} channels (the model's input"
+        f"{' incl. the noise map' if in_channels == 4 else ''}); got {shape[-1]}")
+  if min(shape) == 0:
+    raise ValueError(f"{name} is empty: shape {shape}")
+  x = np.asarray(lq, dtype=np.float32)
+  if not np.isfinite(x).all():
+    raise ValueError(f"{name} contains NaN or Inf values")
+  lo, hi = float(x.min()), float(x.max())
+  if hi > 1 + _RANGE_SLACK or lo < -_RANGE_SLACK:
+    raise ValueError(
+        f"{name} values must lie in [0, 1]; got range [{lo:.3g}, {hi:.3g}]. "
+        "Did you pass 0-255 values? Divide by 255.")
+  return x
+
+
+def make_apply_fn(model: Any) -> Callable[[Any, np.ndarray], np.ndarray]:
+  """One jitted eval forward pass; equal tile shapes share its single compilation."""
+  return jax.jit(lambda variables, x: model.apply(variables, x))
+
+
+class _Restorer:
+  """Runs spatial tiles of one temporal tile (the reference's `test_clip`)."""
+
+  def __init__(self, spec: ModelSpec, apply_fn: ApplyFn, variables: Any,
+               tile: Sequence[int], tile_overlap: Sequence[int]):
+    if len(tile) != 3 or len(tile_overlap) != 3:
+      raise ValueError(f"tile and tile_overlap must be (T, H, W); got {tile}, {tile_overlap}")
+    if any(int(t) < 0 for t in tile) or any(int(o) < 0 for o in tile_overlap):
+      raise ValueError(f"tile and tile_overlap must be non-negative; got {tile}, {tile_overlap}")
+    for i, axis in enumerate("THW"):
+      if tile[i] and tile_overlap[i] >= tile[i]:
+        raise ValueError(
+            f"tile_overlap[{i}] ({axis}) = {tile_overlap[i]} must be smaller than "
+            f"tile[{i}] = {tile[i]}")
+    for i in (1, 2):
+      if tile[i] % spec.window_size[i] or 0 < tile[i] < spec.min_hw[i - 1]:
+        raise ValueError(
+            f"spatial tile {tile[i]} must be a multiple of window_size[{i}] = "
+            f"{spec.window_size[i]} and at least {spec.min_hw[i - 1]} (or 0 for the whole frame)")
+    self.spec = spec
+    self.apply_fn = apply_fn
+    self.variables = variables
+    self.tile = tuple(int(t) for t in tile)
+    self.overlap = tuple(int(o) for o in tile_overlap)
+
+  def temporal_plan(self, num_frames: int) -> tuple[list[int], int, bool]:
+    """Temporal tile starts, tile length and whether to pad T (untiled time)."""
+    t_tile = self.tile[0]
+    if self.spec.is_interpolation or not t_tile or num_frames < t_tile:
+      return [0], num_frames, True
+    return tile_starts(num_frames, t_tile, self.overlap[0]), t_tile, False
+
+  def spatial_plan(self, h: int, w: int) -> list[tuple[list[int], int, int]]:
+    """Per spatial axis: (starts, tile length, overlap); whole-axis tiles are padded later."""
+    plan = []
+    for size, tile, overlap, window, minimum in zip(
+        (h, w), self.tile[1:], self.overlap[1:], self.spec.window_size[1:], self.spec.min_hw,
+        strict=True):
+      if not tile or size < tile:
+        padded = max(size + (window - size % window) % window, minimum)
+        plan.append(([0], padded, 0))
+      else:
+        plan.append((tile_starts(size, tile, overlap), tile, overlap))
+    return plan
+
+  def restore_clip(self, clip: np.ndarray, *, pad_time: bool,
+                   pbar: tqdm | None = None) -> np.ndarray:
+    """(B, t, H, W, Cin) -> (B, t_out, sH, sW, Cout): spatial tiling of one temporal tile.
+
+    `pad_time`: mirror-pad T to the temporal window first (untiled time, as the reference does
+    for tile 0); full-size temporal tiles go to the model as they are.
+    """
+    s = self.spec.scale
+    b, t, h, w, _ = clip.shape
+    t_out = 1 if self.spec.is_interpolation else t
+    if pad_time:
+      clip = mirror_pad(clip, 1, self.spec.window_size[0], extend=False)
+    (h_starts, th, oh), (w_starts, tw, ow) = self.spatial_plan(h, w)
+    if th > h:
+      clip = mirror_pad(clip, 2, self.spec.window_size[1], self.spec.min_hw[0])
+    if tw > w:
+      clip = mirror_pad(clip, 3, self.spec.window_size[2], self.spec.min_hw[1])
+    out_h, out_w = max(h, th) * s, max(w, tw) * s
+    c_out = self.spec.out_channels
+    acc = np.zeros((b, t_out, out_h, out_w, c_out), np.float32)
+    weight = np.zeros((1, 1, out_h, out_w, 1), np.float32)
+    for hi in h_starts:
+      for wi in w_starts:
+        patch = clip[:, :, hi:hi + th, wi:wi + tw]
+        out = np.array(self.apply_fn(self.variables, patch), dtype=np.float32)[:, :t_out]
+        expected = (b, t_out, th * s, tw * s, c_out)
+        if out.shape != expected:
+          raise ValueError(f"model output shape {out.shape}, expected {expected}")
+        mask = np.ones((1, 1, th * s, tw * s, 1), np.float32)
+        # Drop half the overlap on interior edges (rows/cols at output resolution, as the
+        # reference does: ceil(o/2) at the end of a tile, floor(o/2) at the start).
+        for axis, starts, start, o in ((2, h_starts, hi, oh), (3, w_starts, wi, ow)):
+          if o // 2 == 0:
+            continue
+          if start < starts[-1]:
+            _zero(out, mask, axis, slice(-o // 2, None))
+          if start > starts[0]:
+            _zero(out, mask, axis, slice(None, o // 2))
+        region = (slice(None), slice(None), slice(hi * s, hi * s + th * s),
+                  slice(wi * s, wi * s + tw * s))
+        acc[region] += out
+        weight[region] += mask
+        if pbar is not None:
+          pbar.update(1)
+    acc /= weight
+    return acc[:, :, :h * s, :w * s]
+
+
+def _zero(out: np.ndarray, mask: np.ndarray, axis: int, sl: slice) -> None:
+  index = [slice(None)] * out.ndim
+  index[axis] = sl
+  out[tuple(index)] = 0
+  mask[tuple(index)] = 0
+
+
+def restore_stream(
+    model: Any, variables: Any, read: Callable[[int, int], np.ndarray], num_frames: int, *,
+    tile: Sequence[int], tile_overlap: Sequence[int],
+    frame_done: Callable[[int], bool] | None = None, apply_fn: ApplyFn | None = None,
+    progress: bool = True,
+) -> Iterator[tuple[int, np.ndarray]]:
+  """Restores a clip read piecewise, yielding output frames in order as soon as they are final.
+
+  Args:
+    model: a VRT module (or anything with its `upscale`, `window_size`, `pa_frames`, `in_chans`,
+      `out_chans`, `img_size`, `nonblind_denoising` fields and an `apply`).
+    variables: the model variables.
+    read: `read(start, stop)` returns input frames [start, stop) as (B, stop - start, H, W, Cin)
+      float32 in [0, 1].
+    num_frames: T, the clip length.
+    tile, tile_overlap: (T, H, W) tile size and overlap; 0 means the whole dimension.
+    frame_done: optional `frame_done(t) -> bool` for resuming: a temporal tile whose output frames
+      are all done is skipped, and done frames are not yielded. A frame that is not done is still
+      averaged over every tile covering it, since all those tiles contain it and therefore run.
+    apply_fn: optional `apply_fn(variables, x)` replacing `jax.jit(model.apply)`.
+    progress: show a tqdm bar of tiles done.
+
+  Yields:
+    (t, frame) with frame (B, s*H, s*W, Cout) float32; for frame interpolation a single frame t=0.
+  """
+  spec = ModelSpec.from_model(model)
+  if spec.is_interpolation and num_frames != spec.num_frames:
+    raise ValueError(
+        f"frame interpolation model takes exactly img_size[0] = {spec.num_frames} frames; "
+        f"got {num_frames}")
+  restorer = _Restorer(spec, apply_fn or make_apply_fn(model), variables, tile, tile_overlap)
+  starts, t_tile, pad_time = restorer.temporal_plan(num_frames)
+  num_out = 1 if spec.is_interpolation else num_frames
+  done = frame_done or (lambda t: False)
+
+  def out_frames(start: int) -> range:
+    return range(0, 1) if spec.is_interpolation else range(start, min(start + t_tile, num_frames))
+
+  todo = [k for k, start in enumerate(starts) if not all(done(t) for t in out_frames(start))]
+  acc: dict[int, np.ndarray] = {}
+  count: dict[int, int] = {}
+  next_out = 0
+  pbar = None
+  for k in todo:
+    start = starts[k]
+    stop = min(start + t_tile, num_frames)
+    clip = check_clip(read(start, stop), spec.in_channels)
+    if clip.shape[1] != stop - start:
+      raise ValueError(f"read({start}, {stop}) returned {clip.shape[1]} frames")
+    if pbar is None:
+      (h_starts, _, _), (w_starts, _, _) = restorer.spatial_plan(clip.shape[2], clip.shape[3])
+      pbar = tqdm(total=len(todo) * len(h_starts) * len(w_starts), desc="restore", unit="tile",
+                  disable=not progress)
+    out = restorer.restore_clip(clip, pad_time=pad_time, pbar=pbar)
+    for i, t in enumerate(out_frames(start)):
+      if t in acc:
+        acc[t] += out[:, i]
+        count[t] += 1
+      else:
+        acc[t] = out[:, i].copy()
+        count[t] = 1
+    # Frames before the next tile's start get no further contributions.
+    final = num_out if k + 1 == len(starts) else starts[k + 1]
+    while next_out < final:
+      if next_out in acc:
+        frame = acc.pop(next_out) / np.float32(count.pop(next_out))
+        if not done(next_out):
+          yield next_out, frame
+      next_out += 1
+  if pbar is not None:
+    pbar.close()
+
+
+def restore(
+    model: Any, variables: Any, lq: Any, *, tile: Sequence[int] = (0, 0, 0),
+    tile_overlap: Sequence[int] = (0, 0, 0), apply_fn: ApplyFn | None = None,
+    progress: bool = True,
+) -> np.ndarray:
+  """Restores a whole clip with the official tiled test procedure.
+
+  Args:
+    model: a VRT module (see `restore_stream`).
+    variables: its variables, e.g. `{"params": params}`.
+    lq: (B, T, H, W, Cin) float32 in [0, 1], numpy or jax; Cin includes the noise map for
+      non-blind denoising.
+    tile: (T, H, W) tile size; 0 means the whole dimension (mirror-padded to the window).
+    tile_overlap: (T, H, W) overlap between neighbouring tiles.
+    apply_fn: optional replacement for `jax.jit(model.apply)`, `apply_fn(variables, x)`.
+    progress: show a tqdm bar of tiles done.
+
+  Returns:
+    (B, T_out, s*H, s*W, Cout) float32 numpy, T_out = T (1 for frame interpolation).
+  """
+  spec = ModelSpec.from_model(model)
+  x = check_clip(lq, spec.in_channels)
+  b, t, h, w, _ = x.shape
+  s = spec.scale
+  out = np.empty((b, 1 if spec.is_interpolation else t, h * s, w * s, spec.out_channels),
+                 np.float32)
+  for i, frame in restore_stream(
+      model, variables, lambda a, z: x[:, a:z], t, tile=tile, tile_overlap=tile_overlap,
+      apply_fn=apply_fn, progress=progress):
+    out[:, i] = frame
+  return out

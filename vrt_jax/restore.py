@@ -1,0 +1,253 @@
+"""Restores a user's video (frame folder or video file) of any length and size.
+
+  python -m vrt_jax.restore INPUT OUTPUT --preset 006_VRT_videodeblurring_GoPro \
+      --weights model_zoo/006_VRT_videodeblurring_GoPro.pth [--memory_budget_mb 8000]
+
+INPUT and OUTPUT are frame folders or video files (.mp4, ...); a video output keeps the input's
+frame rate. The clip is read, restored and written one temporal tile at a time, so memory does
+not grow with the number of frames. Writing to a frame folder resumes: temporal tiles whose
+output frames all exist are skipped.
+
+Tiling: `--tile` / `--tile_overlap` if given; otherwise the preset's official test tiling
+(`presets.TEST_SETTINGS`), shrunk until `estimate_tile_bytes` fits `--memory_budget_mb` (see there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from vrt_jax import inference, presets, video
+
+# Bytes of device memory per input voxel (one pixel of one frame) of a tile, from XLA's memory
+# analysis of the jitted tiny VRT on CPU: 4.6-4.9 KB per voxel for tiles 6x64x64 (121 MB),
+# 12x64x64 (233 MB), 6x128x128 (454 MB). Window attention dominates (an N x N matrix per head and
+# window, N = prod(window_size), i.e. N * heads floats per voxel), then feature maps; the
+# estimate below is 1.6x the measured tiny figure.
+_ATTENTION_COPIES = 2
+_FEATURE_COPIES = 16
+_RECONSTRUCTION_FEATURES = 64 * 3  # num_feat 64 at the upsampled resolution, ~3 live maps.
+_MIN_TILE_FRAMES = 2
+_DEFAULT_TILE = (12, 256, 256)  # Without a preset: the deblurring models' official tiling.
+
+
+def estimate_tile_bytes(model_kwargs: dict[str, Any], tile: Sequence[int]) -> int:
+  """Upper estimate of device memory for one (T, H, W) tile of a VRT forward pass, in bytes.
+
+  Rule: 4 bytes x T x H x W x (2 x prod(window) x max(num_heads) + 16 x max(embed_dims)
+  + 192 x upscale^2 if upscale > 1) + 4 bytes x parameters.
+  """
+  t, h, w = (int(v) for v in tile)
+  window = model_kwargs.get("window_size", (6, 8, 8))
+  heads = max(model_kwargs.get("num_heads", [6]))
+  embed = max(model_kwargs.get("embed_dims", [180]))
+  scale = int(model_kwargs.get("upscale", 1))
+  per_voxel = (_ATTENTION_COPIES * math.prod(window) * heads + _FEATURE_COPIES * embed
+               + (_RECONSTRUCTION_FEATURES * scale * scale if scale > 1 else 0))
+  params = _approx_param_count(model_kwargs)
+  return 4 * (t * h * w * per_voxel + params)
+
+
+def _approx_param_count(kw: dict[str, Any]) -> int:
+  # Linear layers of the TMSA blocks dominate: ~ (4 + 3 * mlp_ratio) * dim^2 per block.
+  dims, depths = kw.get("embed_dims", [180]), kw.get("depths", [8])
+  mlp = float(kw.get("mlp_ratio", 2.0))
+  return int(sum((4 + 3 * mlp) * d * d * n for d, n in zip(dims, depths, strict=False)) * 1.5)
+
+
+def choose_tiling(model_kwargs: dict[str, Any], num_frames: int, height: int, width: int, *,
+                  budget_bytes: int | None, tile: Sequence[int] | None = None,
+                  tile_overlap: Sequence[int] | None = None, preset: str | None = None
+                  ) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+  """Tile and overlap for a clip: the official tiling, shrunk to fit the memory budget.
+
+  Start from `tile` (or the preset's official tile, or (12, 256, 256)) clipped to the clip; while
+  the estimate exceeds the budget, halve the spatial tile (down to 128, keeping multiples of 8),
+  then drop frames (down to 2 more than the overlap), then halve space further (down to the
+  model's minimum, 8 windows). Raises ValueError if even that does not fit.
+  """
+  window = tuple(model_kwargs.get("window_size", (6, 8, 8)))
+  min_hw = 8 * window[1]
+  user_overlap = tile_overlap is not None
+  if tile_overlap is None:
+    tile_overlap = presets.TEST_SETTINGS[preset]["tile_overlap"] if preset else (2, 20, 20)
+  if tile is None:
+    # Never the whole clip by default: a long video would then be read into memory at once.
+    tile = presets.TEST_SETTINGS[preset]["tile"] if preset else _DEFAULT_TILE
+  # Effective sizes: 0 = whole dimension (padded to the window, at least the minimum).
+  def whole(n: int, mult: int, minimum: int = 0) -> int:
+    return max(n + (mult - n % mult) % mult, minimum)
+  t = min(tile[0] or num_frames, num_frames)
+  h = min(tile[1] or whole(height, window[1], min_hw), whole(height, window[1], min_hw))
+  w = min(tile[2] or whole(width, window[2], min_hw), whole(width, window[2], min_hw))
+  overlap = tuple(int(o) for o in tile_overlap)
+  if budget_bytes is None:
+    given = (int(tile[0]), int(tile[1]), int(tile[2]))
+    return given, overlap if user_overlap else _fit_overlap(overlap, given)
+
+  def fits() -> bool:
+    return estimate_tile_bytes(model_kwargs, (t, h, w)) <= budget_bytes
+
+  def halve(n: int, floor: int) -> int:
+    return max(floor, (n // 2) // 8 * 8)
+
+  while not fits() and max(h, w) > 128:
+    h, w = (halve(h, 128) if h >= w else h), (halve(w, 128) if w >= h else w)
+  floor_t = max(_MIN_TILE_FRAMES, overlap[0] + 2)
+  while not fits() and t > floor_t:
+    t -= 1
+  while not fits() and max(h, w) > min_hw:
+    h, w = (halve(h, min_hw) if h >= w else h), (halve(w, min_hw) if w >= h else w)
+  if not fits():
+    need = estimate_tile_bytes(model_kwargs, (t, h, w)) / 2**20
+    raise ValueError(f"memory budget {budget_bytes / 2**20:.0f} MB is too small: the smallest "
+                     f"tile ({t}, {h}, {w}) needs about {need:.0f} MB")
+  # Tiles that cover a whole dimension are passed as 0 (untiled, mirror-padded).
+  new_tile = (0 if t >= num_frames else t, 0 if h >= height else h, 0 if w >= width else w)
+  return new_tile, _fit_overlap(overlap, new_tile) if not user_overlap else tuple(
+      o if n else 0 for o, n in zip(overlap, new_tile, strict=True))
+
+
+def _fit_overlap(overlap: Sequence[int], tile: Sequence[int]) -> tuple[int, int, int]:
+  """Default overlaps shrunk below small tiles (none for untiled dimensions)."""
+  return tuple(min(o, n // 2) if n else 0 for o, n in zip(overlap, tile, strict=True))
+
+
+def load_config(path: str) -> Any:
+  """`get_config()` of a config file (configs/<task>.py)."""
+  spec = importlib.util.spec_from_file_location("vrt_restore_config", path)
+  if spec is None or spec.loader is None or not Path(path).is_file():
+    raise ValueError(f"config file {path} does not exist")
+  module = importlib.util.module_from_spec(spec)
+  sys.path.insert(0, str(Path(path).resolve().parent.parent))  # `from configs import common`
+  try:
+    spec.loader.exec_module(module)
+  finally:
+    sys.path.pop(0)
+  return module.get_config()
+
+
+@dataclasses.dataclass
+class Restorer:
+  """A model with its weights and settings, ready for `restore_video`."""
+
+  model: Any
+  variables: Any
+  model_kwargs: dict[str, Any]
+  preset: str | None
+
+
+def load_restorer(*, preset: str | None, weights: str, config: str | None = None) -> Restorer:
+  """Model kwargs from --config (its `model`), else --preset; weights via checkpoint.load_params."""
+  import vrt_jax
+  from vrt_jax import checkpoint
+
+  if config:
+    cfg = load_config(config)
+    kwargs = cfg.model.to_dict()
+    preset = preset or cfg.get("preset")
+  elif preset:
+    kwargs = presets.get_preset(preset)
+  else:
+    raise ValueError("give --preset NAME (one of the released models) or --config FILE")
+  model = vrt_jax.VRT(**kwargs)
+  if model.pa_frames == 0:
+    raise ValueError("frame interpolation models (pa_frames 0) map 4 frames to 1 in-between "
+                     "frame; restoring a whole video with them is not supported here")
+  params = checkpoint.load_params(weights, model)
+  return Restorer(model, {"params": params}, kwargs, preset)
+
+
+def restore_video(restorer: Restorer, input_path: str, output_path: str, *,
+                  tile: Sequence[int] | None = None, tile_overlap: Sequence[int] | None = None,
+                  memory_budget_mb: float | None = None, sigma: float = 0,
+                  fps: float | None = None, progress: bool = True) -> dict[str, Any]:
+  """Restores INPUT (frame folder / video) to OUTPUT (frame folder / video), streaming.
+
+  sigma: noise level (/255) of the input, required by non-blind denoising models.
+  Returns a summary: frames, skipped (already present), tile, tile_overlap, fps.
+  """
+  spec = inference.ModelSpec.from_model(restorer.model)
+  nonblind = spec.in_channels == restorer.model.in_chans + 1
+  if nonblind and not sigma:
+    raise ValueError("this is a non-blind denoising model: give the noise level with --sigma")
+  reader = video.open_video(input_path)
+  try:
+    budget = None if memory_budget_mb is None else int(memory_budget_mb * 2**20)
+    tile, tile_overlap = choose_tiling(
+        restorer.model_kwargs, reader.num_frames, reader.height, reader.width,
+        budget_bytes=budget, tile=tile, tile_overlap=tile_overlap, preset=restorer.preset)
+    out_fps = fps or reader.fps
+    s = spec.scale
+    if video.is_video_path(output_path):
+      writer = video.VideoFileWriter(output_path, out_fps, reader.width * s, reader.height * s)
+    else:
+      writer = video.FrameFolderWriter(output_path)
+    skipped = sum(writer.exists(t) for t in range(reader.num_frames))
+
+    def read(start: int, stop: int) -> np.ndarray:
+      frames = reader.read(start, stop)
+      if nonblind:
+        frames = np.concatenate(
+            [frames, np.full(frames.shape[:-1] + (1,), sigma / 255.0, np.float32)], axis=-1)
+      return frames[None]
+
+    written = 0
+    try:
+      for t, frame in inference.restore_stream(
+          restorer.model, restorer.variables, read, reader.num_frames, tile=tile,
+          tile_overlap=tile_overlap, frame_done=writer.exists, progress=progress):
+        writer.write(t, frame[0])
+        written += 1
+    finally:
+      writer.close()
+  finally:
+    reader.close()
+  return dict(frames=reader.num_frames, written=written, skipped=skipped, tile=list(tile),
+              tile_overlap=list(tile_overlap), fps=float(out_fps))
+
+
+def _triple(text: str) -> tuple[int, int, int]:
+  values = [int(v) for v in text.split(",")]
+  if len(values) != 3:
+    raise argparse.ArgumentTypeError(f"expected three integers T,H,W; got {text}")
+  return tuple(values)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+  parser = argparse.ArgumentParser(
+      prog="python -m vrt_jax.restore", description=__doc__.split("\n\n")[0])
+  parser.add_argument("input", help="frame folder or video file")
+  parser.add_argument("output", help="frame folder or video file (.mp4, ...)")
+  parser.add_argument("--preset", choices=sorted(presets.PRESETS), help="released model name")
+  parser.add_argument("--weights", required=True,
+                      help="official .pth, exported params directory or training workdir")
+  parser.add_argument("--config", help="config file whose `model` replaces the preset's")
+  parser.add_argument("--memory_budget_mb", type=float,
+                      help="device memory for one tile; shrinks the tiles to fit")
+  parser.add_argument("--tile", type=_triple, help="T,H,W (0 = whole dimension)")
+  parser.add_argument("--tile_overlap", type=_triple, help="t,h,w")
+  parser.add_argument("--sigma", type=float, default=0, help="noise level /255 (denoising)")
+  parser.add_argument("--fps", type=float, help="output frame rate (default: the input's)")
+  args = parser.parse_args(argv)
+  restorer = load_restorer(preset=args.preset, weights=args.weights, config=args.config)
+  print(f"restoring {args.input} -> {args.output} on {jax.devices()[0].platform}")
+  summary = restore_video(restorer, args.input, args.output, tile=args.tile,
+                          tile_overlap=args.tile_overlap, memory_budget_mb=args.memory_budget_mb,
+                          sigma=args.sigma, fps=args.fps)
+  print(f"{summary['written']} frames written ({summary['skipped']} already present), tile "
+        f"{tuple(summary['tile'])}, overlap {tuple(summary['tile_overlap'])}")
+  return summary
+
+
+if __name__ == "__main__":
+  main()
