@@ -1,9 +1,13 @@
 """Shared test setup."""
 
 import os
+import tempfile
 
-# Tests run on a 2-core CPU; keep XLA from oversubscribing it.
-os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=true")
+# Many tests (and the training runs they start as subprocesses) compile the same tiny VRT:
+# share compiled programs through JAX's persistent cache. Set before jax is imported anywhere.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), "vrt-jax-test-compile-cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "2")
 
 from absl import flags  # noqa: E402
 
