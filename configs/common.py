@@ -1,0 +1,50 @@
+"""The VRT training recipe shared by every task config (KAIR options of the released models).
+
+Not a config itself: the task files call `recipe(...)` and set their data and model.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from vrt_jax import presets
+
+
+def recipe(preset: str | None, *, task: str, scale: int) -> ml_collections.ConfigDict:
+  """The training options common to all released models; `preset` fills config.model."""
+  config = ml_collections.ConfigDict()
+  config.preset = preset
+  config.model = ml_collections.ConfigDict(presets.get_preset(preset) if preset else {})
+  config.task = task
+  config.scale = scale
+
+  config.seed = 0
+  config.total_steps = 300_000
+  config.batch_size = 8  # Global: split over processes and devices.
+  config.num_devices = 0  # Devices on the data axis; 0 = all.
+  config.log_every = 100
+  config.checkpoint_every = 5_000
+  config.max_to_keep = 3
+  config.eval_every = 5_000  # 0: at the end only; -1: never.
+  # Fine-tune from an official .pth, an exported params dir or a training workdir ('' = scratch).
+  config.init_from = ""
+
+  config.optim = ml_collections.ConfigDict(dict(
+      lr=4e-4, b1=0.9, b2=0.99, eps=1e-8,
+      lr_period=300_000, lr_eta_min=1e-7,  # CosineAnnealingWarmRestarts, stepped per iteration.
+      fix_iter=20_000, fix_lr_mul=0.125, fix_keys=("spynet", "deform")))
+  config.loss_eps = 1e-9  # Charbonnier.
+
+  # Validation: PSNR on data.val_clips held-out clips (the first data.val_frames frames, centre
+  # crops of data.val_size) through the official tiled test procedure.
+  config.eval = ml_collections.ConfigDict(dict(
+      tile=tuple(presets.TEST_SETTINGS[preset]["tile"]) if preset else (0, 0, 0),
+      tile_overlap=tuple(presets.TEST_SETTINGS[preset]["tile_overlap"]) if preset else (0, 0, 0)))
+
+  config.data = ml_collections.ConfigDict(dict(
+      source="folders", layout="", gt_root="", lq_root="", tfds_data_dir="",
+      val_gt_root="", val_lq_root="", val_sigma=30.0,
+      degradation="none", num_frames=6, gt_patch=192, scale=scale,
+      sigma_range=(0.0, 0.0), flip=True, rotate=True, reverse=False,
+      num_workers=4, synthetic_clips=0, val_clips=4, val_frames=6, val_size=256))
+  return config

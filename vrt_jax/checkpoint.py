@@ -1,0 +1,240 @@
+"""Checkpoints: training state (Orbax CheckpointManager) and model parameters (load / export).
+
+Training checkpoints live in `<workdir>/checkpoints/<step>/` with two items: `state` (params,
+optimizer state and step, an Orbax StandardSave) and `data` (the grain iterator state, so a
+resumed run sees exactly the batches an uninterrupted run would). Saving is asynchronous; Orbax
+coordinates the processes of a multi-host run.
+
+Exported parameters (`export_params`, written by `python -m vrt_jax.convert`) are a directory with
+`model_config.json` ({"preset": name or null, "model": VRT kwargs}) and `params/`, an Orbax
+StandardCheckpointer checkpoint of the params pytree.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+CHECKPOINT_DIR = "checkpoints"
+MODEL_CONFIG = "model_config.json"
+PARAMS_DIR = "params"
+
+
+# ---------------------------------------------------------------------------- training state
+
+
+def make_manager(workdir: str, *, max_to_keep: int = 3, save_interval_steps: int = 1,
+                 read_only: bool = False) -> ocp.CheckpointManager:
+  """An async CheckpointManager over `<workdir>/checkpoints` with items `state` and `data`."""
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=max_to_keep, save_interval_steps=save_interval_steps, create=not read_only,
+      read_only=read_only, enable_async_checkpointing=True)
+  return ocp.CheckpointManager(
+      os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR), options=options,
+      item_handlers={"state": ocp.StandardCheckpointHandler(),
+                     "data": grain.checkpoint.CheckpointHandler()})
+
+
+def save_state(manager: ocp.CheckpointManager, step: int, state: Any, data_iter: Any, *,
+               force: bool = False) -> bool:
+  """Starts an async save of the train state and the data iterator at `step`."""
+  return manager.save(step, force=force, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iter)))
+
+
+def restore_state(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
+                  data_iter: Any) -> Any:
+  """Restores the train state onto the shardings of `abstract_state` and rewinds `data_iter`.
+
+  abstract_state: pytree of jax.ShapeDtypeStruct with `sharding` set.
+  Raises ValueError naming the first leaf whose shape differs from the checkpoint.
+  """
+  path = os.path.join(str(manager.directory), str(step))
+  try:
+    saved = manager.item_metadata(step)["state"]
+  except Exception as e:  # Orbax raises several types for unreadable directories.
+    raise ValueError(f"Cannot read the checkpoint at {path}: {e}") from e
+  _check_shapes(_tree_of(saved), abstract_state, where=path)
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state),
+        data=grain.checkpoint.CheckpointRestore(data_iter)))
+  except Exception as e:
+    raise ValueError(f"The checkpoint at {path} is corrupt or incomplete: {e}") from e
+  return restored["state"]
+
+
+# ---------------------------------------------------------------------------- parameters
+
+
+def example_input(model: Any) -> jax.ShapeDtypeStruct:
+  """The smallest input `model.init` accepts: (1, img_size[0], 8 * window_h, 8 * window_w, Cin).
+
+  Parameter shapes do not depend on H and W, so this serves any training patch size.
+  """
+  t = model.img_size[0]
+  h, w = 8 * model.window_size[1], 8 * model.window_size[2]
+  c = model.in_chans + (1 if model.nonblind_denoising else 0)
+  return jax.ShapeDtypeStruct((1, t, h, w, c), jnp.float32)
+
+
+def abstract_params(model: Any) -> Any:
+  """Shapes and dtypes of `model`'s params (no computation), as jax.ShapeDtypeStruct leaves."""
+  return jax.eval_shape(model.init, jax.random.key(0), example_input(model))["params"]
+
+
+def export_params(directory: str, params: Any, model_kwargs: dict[str, Any],
+                  preset: str | None = None) -> None:
+  """Writes `directory/model_config.json` and `directory/params/` (Orbax StandardCheckpointer).
+
+  `load_params(directory, vrt_jax.VRT(**model_kwargs))` reads it back.
+  """
+  directory = os.path.abspath(directory)
+  if os.path.exists(os.path.join(directory, PARAMS_DIR)):
+    raise ValueError(f"{directory} already holds exported params; choose a new directory")
+  os.makedirs(directory, exist_ok=True)
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(os.path.join(directory, PARAMS_DIR), params)
+    ckptr.wait_until_finished()
+  if jax.process_index() == 0:
+    with open(os.path.join(directory, MODEL_CONFIG), "w") as f:
+      json.dump({"preset": preset, "model": _jsonable(model_kwargs)}, f, indent=2, sort_keys=True)
+
+
+def load_params(path: str, model: Any, *, step: int | None = None) -> Any:
+  """Parameters for `model` from an official .pth, an exported directory or a training workdir.
+
+  path: an official VRT `.pth` file; a directory written by `export_params` (`model_config.json`
+  and `params/`); a training workdir or its `checkpoints/` directory (the latest step, or `step`).
+  Returns a params pytree of numpy arrays. Raises ValueError for a missing or unreadable
+  checkpoint or one whose shapes do not fit `model` (naming the first mismatching leaf).
+  """
+  if not os.path.exists(path):
+    raise ValueError(f"No checkpoint at {path}")
+  target = abstract_params(model)
+  if os.path.isfile(path):
+    if not path.endswith((".pth", ".pt")):
+      raise ValueError(f"{path} is a file but not a PyTorch .pth checkpoint; expected a .pth, "
+                       "an exported params directory or a training workdir")
+    from vrt_jax import convert  # torch-free, but only needed here
+    try:
+      state_dict = convert.load_torch_checkpoint(path)
+    except Exception as e:
+      raise ValueError(f"Cannot read the PyTorch checkpoint {path}: {e}") from e
+    params = convert.from_torch(state_dict, model)["params"]
+    _check_shapes(params, target, where=path)
+    return params
+
+  if os.path.isdir(os.path.join(path, PARAMS_DIR)):
+    item = os.path.join(os.path.abspath(path), PARAMS_DIR)
+    with ocp.StandardCheckpointer() as ckptr:
+      try:
+        saved = _tree_of(ckptr.metadata(item))
+      except Exception as e:
+        raise ValueError(f"Cannot read the exported params at {item}: {e}") from e
+      _check_shapes(saved, target, where=item)
+      try:
+        return ckptr.restore(item, _numpy_target(target))
+      except Exception as e:
+        raise ValueError(f"The exported params at {item} are corrupt or incomplete: {e}") from e
+
+  ckpt_dir = path
+  if os.path.isdir(os.path.join(path, CHECKPOINT_DIR)):
+    ckpt_dir = os.path.join(path, CHECKPOINT_DIR)
+  steps = sorted(int(d) for d in os.listdir(ckpt_dir)
+                 if d.isdigit() and os.path.isdir(os.path.join(ckpt_dir, d, "state")))
+  if not steps:
+    raise ValueError(f"{path} holds no checkpoint: expected a .pth file, a directory with "
+                     f"{MODEL_CONFIG} and {PARAMS_DIR}/, or a training workdir with "
+                     f"{CHECKPOINT_DIR}/<step>/state")
+  if step is not None and step not in steps:
+    raise ValueError(f"{ckpt_dir} has no checkpoint for step {step}; it has steps {steps}")
+  item = os.path.join(os.path.abspath(ckpt_dir), str(steps[-1] if step is None else step), "state")
+  numpy_target = {"params": _numpy_target(target)}
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), numpy_target)
+  with ocp.PyTreeCheckpointer() as ckptr:
+    try:
+      saved = _tree_of(ckptr.metadata(item))["params"]
+    except Exception as e:
+      raise ValueError(f"Cannot read the training checkpoint at {item}: {e}") from e
+    _check_shapes(saved, target, where=item)
+    try:
+      restored = ckptr.restore(item, args=ocp.args.PyTreeRestore(
+          item=numpy_target, restore_args=restore_args, partial_restore=True))
+    except Exception as e:
+      raise ValueError(f"The training checkpoint at {item} is corrupt or incomplete: {e}") from e
+  return restored["params"]
+
+
+def read_model_config(directory: str) -> dict[str, Any]:
+  """The {"preset": ..., "model": {...}} record of an exported params directory."""
+  with open(os.path.join(directory, MODEL_CONFIG)) as f:
+    return json.load(f)
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _tree_of(metadata: Any) -> Any:
+  """The pytree of array metadata inside what Orbax's metadata() calls return."""
+  for attr in ("item_metadata", "tree"):
+    if hasattr(metadata, attr) and getattr(metadata, attr) is not None:
+      metadata = getattr(metadata, attr)
+  return metadata
+
+
+def _flat_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+  """{'a/b/0/c': shape} with dict keys, attribute names and indices alike (Orbax stores
+  namedtuples as dicts and tuples as lists)."""
+  def name(entry):
+    for attr in ("key", "name", "idx"):
+      if hasattr(entry, attr):
+        return str(getattr(entry, attr))
+    return str(entry)
+
+  leaves = jax.tree_util.tree_leaves_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))
+  return {"/".join(name(e) for e in path): tuple(leaf.shape) for path, leaf in leaves
+          if hasattr(leaf, "shape")}
+
+
+def _check_shapes(saved: Any, expected: Any, *, where: str) -> None:
+  saved_shapes, expected_shapes = _flat_shapes(saved), _flat_shapes(expected)
+  if not saved_shapes:
+    raise ValueError(f"Checkpoint {where} is corrupt or incomplete: its metadata lists no arrays")
+  # Params first: a model/config mismatch shows there more readably than in optimizer moments.
+  order = sorted(expected_shapes, key=lambda k: not k.startswith("params/"))
+  for key in order:
+    shape = expected_shapes[key]
+    if key not in saved_shapes:
+      raise ValueError(f"Checkpoint {where} does not match the model/config: it has no leaf "
+                       f"{key!r} (expected shape {shape})")
+    if saved_shapes[key] != shape:
+      raise ValueError(f"Checkpoint {where} does not match the model/config: leaf {key!r} has "
+                       f"shape {saved_shapes[key]} in the checkpoint but {shape} is expected")
+  extra = [k for k in saved_shapes if k not in expected_shapes]
+  if extra:
+    raise ValueError(f"Checkpoint {where} does not match the model/config: unexpected leaf "
+                     f"{extra[0]!r} (and {len(extra) - 1} more)")
+
+
+def _numpy_target(tree: Any) -> Any:
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+
+
+def _jsonable(value: Any) -> Any:
+  if hasattr(value, "to_dict"):  # ml_collections.ConfigDict
+    value = value.to_dict()
+  if isinstance(value, dict):
+    return {str(k): _jsonable(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_jsonable(v) for v in value]
+  if isinstance(value, np.generic):
+    return value.item()
+  return value

@@ -1,0 +1,298 @@
+"""Training loop: `train_and_evaluate(config, workdir)` trains VRT as the KAIR recipe does.
+
+Reads top to bottom: mesh, model, data, optimizer, state (shapes from jax.eval_shape, placement
+from shardings), restore or initialise, the jitted step, then the loop with logging, NaN checks,
+checkpoints and validation. Data parallel only: the batch is split over the 'data' mesh axis,
+params and optimizer state are replicated; the same code runs on 1 CPU, N devices or N hosts.
+
+Step numbers count finished updates: the metrics line and checkpoint for step k come after the
+k-th update, and update k (1-based) uses learning rate schedule(k - 1).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from tqdm import tqdm
+
+import vrt_jax
+from vrt_jax import checkpoint, inference, losses, metrics, optim, sharding
+from vrt_jax.data import pipeline
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains (or resumes training in `workdir`) and returns the last logged metrics."""
+  workdir = os.path.abspath(workdir)
+  is_main = jax.process_index() == 0
+  if is_main:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+  # ----------------------------------------------------------------- mesh, model, data
+  mesh = sharding.make_mesh(config)
+  replicated = sharding.replicated(mesh)
+  model = vrt_jax.VRT(**config.model.to_dict())
+  loader = pipeline.make_train_loader(
+      config.data, batch_size=sharding.local_batch_size(config.batch_size), seed=config.seed,
+      process_index=jax.process_index(), process_count=jax.process_count())
+  data_iter = iter(loader)
+
+  # ----------------------------------------------------------------- optimizer and state
+  tx, schedule = optim.make_optimizer(config.optim)
+  fix_iter = int(config.optim.fix_iter)
+
+  def init_state(rng: jax.Array) -> dict[str, Any]:
+    x = jnp.zeros(checkpoint.example_input(model).shape, jnp.float32)
+    params = model.init(rng, x)["params"]
+    return {"step": jnp.zeros([], jnp.int32), "params": params, "opt_state": tx.init(params)}
+
+  rng = jax.random.key(config.seed)
+  init_rng, dropout_rng = jax.random.split(rng)
+  shapes = jax.eval_shape(init_state, init_rng)
+  state_sharding = jax.tree.map(lambda _: replicated, shapes)
+  abstract_state = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, state_sharding)
+
+  # ----------------------------------------------------------------- restore or initialise
+  manager = checkpoint.make_manager(workdir, max_to_keep=config.max_to_keep,
+                                    save_interval_steps=config.checkpoint_every)
+  start = manager.latest_step()
+  if start is not None:
+    logging.info("Resuming from %s/%d", manager.directory, start)
+    state = checkpoint.restore_state(manager, start, abstract_state, data_iter)
+  else:
+    start = 0
+    init_fn = jax.jit(init_state, out_shardings=state_sharding).lower(init_rng)
+    # Initialisation runs once; on CPU, XLA's optimisation passes cost far more than they save.
+    options = ({"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+               if jax.default_backend() == "cpu" else None)
+    state = init_fn.compile(options)(init_rng)
+    if config.init_from:
+      logging.info("Initialising params from %s", config.init_from)
+      params = jax.device_put(checkpoint.load_params(config.init_from, model),
+                              state_sharding["params"])
+      opt_state = jax.jit(tx.init, out_shardings=state_sharding["opt_state"])(params)
+      state = {"step": state["step"], "params": params, "opt_state": opt_state}
+  if int(state["step"]) != start:
+    raise ValueError(f"Checkpoint {start} holds step {int(state['step'])}")
+
+  # ----------------------------------------------------------------- the train step
+  fix_keys = tuple(config.optim.fix_keys)
+
+  def train_step(state, batch, *, frozen: bool):
+    step_rng = jax.random.fold_in(dropout_rng, state["step"])
+
+    def loss_fn(params):
+      if frozen:
+        # No gradient into SpyNet / DCN weights before fix_iter: XLA then drops their backward.
+        params = jax.tree_util.tree_map_with_path(
+            lambda p, x: jax.lax.stop_gradient(x)
+            if optim.is_fixed(jax.tree_util.keystr(p), fix_keys) else x, params)
+      pred = model.apply({"params": params}, batch["lq"], train=True,
+                         rngs={"dropout": step_rng})
+      return losses.charbonnier(pred, batch["gt"], config.loss_eps)
+
+    loss, grads = jax.value_and_grad(loss_fn)(state["params"])
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    new_state = {"step": state["step"] + 1,
+                 "params": optax.apply_updates(state["params"], updates),
+                 "opt_state": opt_state}
+    return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+
+  step_fns = {
+      frozen: jax.jit(functools.partial(train_step, frozen=frozen),
+                      in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
+                      out_shardings=(state_sharding, replicated), donate_argnums=0)
+      for frozen in (True, False)}
+
+  # ----------------------------------------------------------------- the loop
+  total = int(config.total_steps)
+  metrics_log = MetricsLog(workdir, resume_step=start, enabled=is_main)
+  val_clips = None
+  pending: list[tuple[int, dict[str, jax.Array]]] = []  # Fetched lazily: no sync every step.
+  last: dict[str, float] = {"step": start}
+  last_time, last_step = time.perf_counter(), start
+  pbar = tqdm(total=total, initial=start, desc="train", disable=not is_main, dynamic_ncols=True)
+  try:
+    for step in range(start + 1, total + 1):
+      batch = sharding.make_global_batch(next(data_iter), mesh)
+      state, step_metrics = step_fns[step - 1 < fix_iter](state, batch)
+      pending.append((step, step_metrics))
+      pbar.update(1)
+
+      log_now = step % config.log_every == 0 or step == total
+      save_now = step % config.checkpoint_every == 0 or step == total
+      # eval_every > 0: every eval_every steps and at the end; 0: at the end only; < 0: never.
+      eval_now = config.eval_every >= 0 and (
+          step == total or (config.eval_every > 0 and step % config.eval_every == 0))
+      if not (log_now or save_now or eval_now):
+        continue
+      # Every loss up to `step` is checked before anything at `step` is logged or saved.
+      fetched = jax.device_get(pending)
+      pending = []
+      for s, m in fetched:
+        if not np.isfinite(m["loss"]):
+          manager.wait_until_finished()
+          good = manager.latest_step()
+          raise FloatingPointError(
+              f"Loss is {float(m['loss'])} at step {s}; stopping. Last good checkpoint: "
+              + (f"step {good} in {manager.directory}" if good is not None else "none"))
+      record: dict[str, float] = {}
+      if log_now:
+        now = time.perf_counter()
+        record = {"step": step, "loss": float(fetched[-1][1]["loss"]),
+                  "loss_avg": float(np.mean([m["loss"] for _, m in fetched])),
+                  "grad_norm": float(fetched[-1][1]["grad_norm"]),
+                  "lr": float(schedule(step - 1)),
+                  "lr_fixed": 0.0 if step - 1 < fix_iter
+                  else float(schedule(step - 1)) * config.optim.fix_lr_mul,
+                  "steps_per_sec": (step - last_step) / (now - last_time)}
+        pbar.set_postfix(loss=f"{record['loss']:.4f}")
+      if save_now:
+        checkpoint.save_state(manager, step, state, data_iter, force=step == total)
+      if eval_now:
+        if val_clips is None:
+          val_clips = pipeline.make_val_clips(config.data, num_clips=config.data.val_clips,
+                                              seed=config.seed + 1)
+        sample = os.path.join(workdir, "samples", f"step_{step:07d}.png") if is_main else None
+        val = evaluate(model, jax.device_get(state["params"]), val_clips, config,
+                       sample_path=sample)
+        logging.info("step %d: %s", step, val)
+        record.update({"step": step, **val})
+      if record:
+        metrics_log.write(record)
+        last = record
+      if log_now:
+        # Validation time is not training speed.
+        last_time, last_step = time.perf_counter(), step
+  finally:
+    pbar.close()
+    manager.wait_until_finished()
+    manager.close()
+    metrics_log.close()
+    if hasattr(data_iter, "close"):
+      data_iter.close()
+  return last
+
+
+# --------------------------------------------------------------------- validation
+
+
+def _psnr(x: np.ndarray, y: np.ndarray) -> float:
+  """RGB PSNR of two [0, 1] frames after clamping and rounding to 8 bits (the VRT test)."""
+  return metrics.psnr(metrics.to_uint8(x), metrics.to_uint8(y))
+
+
+def evaluate(model: Any, params: Any, clips: list[dict[str, Any]],
+             config: ml_collections.ConfigDict, *, sample_path: str | None = None
+             ) -> dict[str, float]:
+  """Mean per-frame PSNR (RGB) of the restored clips and, where comparable, of the inputs.
+
+  clips: dicts with lq (T, h, w, Cin) and gt (T_out, H, W, 3). The input PSNR is reported for
+  same-size tasks (deblurring, denoising: the noise map is dropped). With `sample_path`, writes a
+  PNG of the middle frame of the first clip: input | output | ground truth.
+  """
+  out_psnr, in_psnr = [], []
+  for i, clip in enumerate(clips):
+    out = inference.restore(model, {"params": params}, clip["lq"][None],
+                            tile=tuple(config.eval.tile),
+                            tile_overlap=tuple(config.eval.tile_overlap), progress=False)[0]
+    gt = clip["gt"]
+    out_psnr.append(np.mean([_psnr(o, g) for o, g in zip(out, gt, strict=True)]))
+    lq_rgb = clip["lq"][..., :3]
+    if lq_rgb.shape == gt.shape:
+      in_psnr.append(np.mean([_psnr(x, g) for x, g in zip(lq_rgb, gt, strict=True)]))
+    if i == 0 and sample_path is not None:
+      write_side_by_side(sample_path, lq_rgb, out, gt)
+  result = {"val_psnr": float(np.mean(out_psnr))}
+  if in_psnr:
+    result["val_psnr_input"] = float(np.mean(in_psnr))
+  return result
+
+
+def write_side_by_side(path: str, lq: np.ndarray, out: np.ndarray, gt: np.ndarray) -> None:
+  """PNG of the middle frame: input (nearest-upsampled to GT size) | output | ground truth."""
+  from PIL import Image
+
+  t = gt.shape[0] // 2
+  lq_t = lq[min(lq.shape[0] // 2, lq.shape[0] - 1)]
+  s = gt.shape[1] // lq_t.shape[0]
+  lq_t = np.repeat(np.repeat(lq_t, s, axis=0), s, axis=1)
+  row = np.concatenate([lq_t, out[t], gt[t]], axis=1)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  Image.fromarray(np.round(np.clip(row, 0, 1) * 255).astype(np.uint8)).save(path)
+
+
+# --------------------------------------------------------------------- logging
+
+
+class MetricsLog:
+  """<workdir>/metrics.jsonl (one JSON object per line) and TensorBoard scalars; process 0 only.
+
+  On resume, lines for steps after the restored checkpoint (written by the interrupted run, and
+  possibly cut off mid-line) are dropped so the file reads like an uninterrupted run's.
+  """
+
+  def __init__(self, workdir: str, *, resume_step: int, enabled: bool = True):
+    self.enabled = enabled
+    if not enabled:
+      return
+    self.path = os.path.join(workdir, METRICS_FILE)
+    if os.path.exists(self.path):
+      kept = []
+      with open(self.path) as f:
+        for line in f:
+          try:
+            record = json.loads(line)
+          except json.JSONDecodeError:
+            continue  # A line cut off by a kill.
+          if record.get("step", 0) <= resume_step:
+            kept.append(json.dumps(record))
+      tmp = self.path + ".tmp"
+      with open(tmp, "w") as f:
+        f.write("".join(line + "\n" for line in kept))
+      os.replace(tmp, self.path)
+    self.file = open(self.path, "a")  # noqa: SIM115
+    self.tb = None
+    try:
+      import tensorboardX
+      self.tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"),
+                                           purge_step=resume_step + 1 if resume_step else None)
+    except ImportError:
+      logging.warning("tensorboardX is not installed: no TensorBoard logs")
+
+  def write(self, record: dict[str, float]) -> None:
+    if not self.enabled:
+      return
+    self.file.write(json.dumps(record) + "\n")
+    self.file.flush()
+    if self.tb is not None:
+      for k, v in record.items():
+        if k != "step":
+          self.tb.add_scalar(k, v, record["step"])
+      self.tb.flush()
+
+  def close(self) -> None:
+    if self.enabled:
+      self.file.close()
+      if self.tb is not None:
+        self.tb.close()
+
+
+def read_metrics(workdir: str) -> list[dict[str, float]]:
+  """The records of <workdir>/metrics.jsonl."""
+  with open(os.path.join(workdir, METRICS_FILE)) as f:
+    return [json.loads(line) for line in f if line.strip()]
