@@ -2,9 +2,11 @@
 
   python train.py --config configs/deblur.py --workdir workdirs/deblur [--config.key=value ...]
 
-Runs again with the same --workdir resume from its latest checkpoint. Several processes (one per
-host) form one run when given --coordinator_address / --num_processes / --process_id (or the
-JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID environment variables).
+Runs again with the same --workdir resume from its latest checkpoint (an unreadable one stops
+the run unless --config.resume_fallback=True; docs/reliability.md lists the faults handled).
+Several processes (one per host) form one run when given --coordinator_address /
+--num_processes / --process_id (or the JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
+JAX_PROCESS_ID environment variables).
 """
 
 from absl import app, flags, logging

@@ -28,6 +28,13 @@ def recipe(preset: str | None, *, task: str, scale: int) -> ml_collections.Confi
   config.eval_every = 5_000  # 0: at the end only; -1: never.
   # Fine-tune from an official .pth, an exported params dir or a training workdir ('' = scratch).
   config.init_from = ""
+  # Non-finite loss or gradient: 'stop' (name the step and the last good checkpoint) or 'skip'
+  # the update (at most max_nan_skips in a row, then stop).
+  config.nan_policy = "stop"
+  config.max_nan_skips = 10
+  # Resume from the latest earlier checkpoint when the latest one is unreadable (it is renamed
+  # to <step>.corrupt); off: an unreadable checkpoint stops the run with an error.
+  config.resume_fallback = False
 
   config.optim = ml_collections.ConfigDict(dict(
       lr=4e-4, b1=0.9, b2=0.99, eps=1e-8,
@@ -46,5 +53,6 @@ def recipe(preset: str | None, *, task: str, scale: int) -> ml_collections.Confi
       val_gt_root="", val_lq_root="", val_sigma=30.0,
       degradation="none", num_frames=6, gt_patch=192, scale=scale,
       sigma_range=(0.0, 0.0), flip=True, rotate=True, reverse=False,
-      num_workers=4, synthetic_clips=0, val_clips=4, val_frames=6, val_size=256))
+      num_workers=4, synthetic_clips=0, val_clips=4, val_frames=6, val_size=256,
+      skip_bad_samples=False))  # True: log and replace samples with unreadable images.
   return config

@@ -21,10 +21,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 
 CHECKPOINT_DIR = "checkpoints"
 MODEL_CONFIG = "model_config.json"
 PARAMS_DIR = "params"
+
+
+class CorruptCheckpointError(ValueError):
+  """A checkpoint that exists but cannot be read (truncated, corrupt, half-deleted).
+
+  Distinct from a checkpoint of another configuration (plain ValueError): only this kind may be
+  skipped in favour of an earlier checkpoint, and only when asked (`fallback`).
+  """
 
 
 # ---------------------------------------------------------------------------- training state
@@ -59,16 +68,34 @@ def restore_state(manager: ocp.CheckpointManager, step: int, abstract_state: Any
   path = os.path.join(str(manager.directory), str(step))
   try:
     saved = manager.item_metadata(step)["state"]
+    tree = _tree_of(saved)
+    if not _flat_shapes(tree):
+      raise ValueError("its metadata lists no arrays")
   except Exception as e:  # Orbax raises several types for unreadable directories.
-    raise ValueError(f"Cannot read the checkpoint at {path}: {e}") from e
-  _check_shapes(_tree_of(saved), abstract_state, where=path)
+    raise CorruptCheckpointError(f"Cannot read the checkpoint at {path}: {e}") from e
+  _check_shapes(tree, abstract_state, where=path)
   try:
     restored = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state),
         data=grain.checkpoint.CheckpointRestore(data_iter)))
   except Exception as e:
-    raise ValueError(f"The checkpoint at {path} is corrupt or incomplete: {e}") from e
+    raise CorruptCheckpointError(f"The checkpoint at {path} is corrupt or incomplete: {e}") from e
   return restored["state"]
+
+
+def set_aside(manager: ocp.CheckpointManager, step: int) -> str:
+  """Renames an unusable checkpoint `<step>` to `<step>.corrupt` (kept for inspection, no
+  longer a step: the resumed run saves a new `<step>` in its place)."""
+  src = os.path.join(str(manager.directory), str(step))
+  dst = f"{src}.corrupt"
+  n = 1
+  while os.path.exists(dst):
+    dst, n = f"{src}.corrupt{n}", n + 1
+  if jax.process_index() == 0:
+    os.rename(src, dst)
+  ocp.multihost.sync_global_processes(f"vrt_jax_set_aside_{step}")
+  manager.reload()
+  return dst
 
 
 # ---------------------------------------------------------------------------- parameters
@@ -108,11 +135,15 @@ def export_params(directory: str, params: Any, model_kwargs: dict[str, Any],
       json.dump({"preset": preset, "model": _jsonable(model_kwargs)}, f, indent=2, sort_keys=True)
 
 
-def load_params(path: str, model: Any, *, step: int | None = None) -> Any:
+def load_params(path: str, model: Any, *, step: int | None = None,
+                fallback: bool = False) -> Any:
   """Parameters for `model` from an official .pth, an exported directory or a training workdir.
 
   path: an official VRT `.pth` file; a directory written by `export_params` (`model_config.json`
   and `params/`); a training workdir or its `checkpoints/` directory (the latest step, or `step`).
+  fallback: for a workdir, if the chosen checkpoint is unreadable (CorruptCheckpointError), use
+  the latest earlier one that loads, with a warning naming the skipped steps. Off by default: an
+  unreadable checkpoint is an error, never silently replaced by an older one.
   Returns a params pytree of numpy arrays. Raises ValueError for a missing or unreadable
   checkpoint or one whose shapes do not fit `model` (naming the first mismatching leaf).
   """
@@ -156,20 +187,46 @@ def load_params(path: str, model: Any, *, step: int | None = None) -> Any:
                      f"{CHECKPOINT_DIR}/<step>/state")
   if step is not None and step not in steps:
     raise ValueError(f"{ckpt_dir} has no checkpoint for step {step}; it has steps {steps}")
-  item = os.path.join(os.path.abspath(ckpt_dir), str(steps[-1] if step is None else step), "state")
+  chosen = steps[-1] if step is None else step
+  earlier = [s for s in reversed(steps) if s < chosen]
+  for candidate in [chosen] + (earlier if fallback else []):
+    item = os.path.join(os.path.abspath(ckpt_dir), str(candidate), "state")
+    try:
+      params = _load_training_params(item, target)
+    except CorruptCheckpointError as e:
+      if not fallback:
+        hint = (f" Earlier checkpoints: steps {sorted(earlier)}; load with fallback=True "
+                "(python -m vrt_jax.restore --checkpoint_fallback) to use the latest of them "
+                "that loads." if earlier else "")
+        raise CorruptCheckpointError(f"{e}{hint}") from e
+      logging.warning("Skipping unreadable checkpoint step %d (%s)", candidate, e)
+      continue
+    if candidate != chosen:
+      logging.warning("Loaded step %d of %s instead of the unreadable step %d", candidate,
+                      ckpt_dir, chosen)
+    return params
+  raise CorruptCheckpointError(f"No readable checkpoint in {ckpt_dir} (tried steps "
+                               f"{[chosen] + earlier})")
+
+
+def _load_training_params(item: str, target: Any) -> Any:
+  """The params of one training checkpoint's `state` item."""
   numpy_target = {"params": _numpy_target(target)}
   restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), numpy_target)
   with ocp.PyTreeCheckpointer() as ckptr:
     try:
       saved = _tree_of(ckptr.metadata(item))["params"]
     except Exception as e:
-      raise ValueError(f"Cannot read the training checkpoint at {item}: {e}") from e
+      raise CorruptCheckpointError(
+          f"The training checkpoint at {item} is corrupt or incomplete: its metadata cannot be "
+          f"read ({type(e).__name__}: {e})") from e
     _check_shapes(saved, target, where=item)
     try:
       restored = ckptr.restore(item, args=ocp.args.PyTreeRestore(
           item=numpy_target, restore_args=restore_args, partial_restore=True))
     except Exception as e:
-      raise ValueError(f"The training checkpoint at {item} is corrupt or incomplete: {e}") from e
+      raise CorruptCheckpointError(
+          f"The training checkpoint at {item} is corrupt or incomplete: {e}") from e
   return restored["params"]
 
 
@@ -207,7 +264,8 @@ def _flat_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
 def _check_shapes(saved: Any, expected: Any, *, where: str) -> None:
   saved_shapes, expected_shapes = _flat_shapes(saved), _flat_shapes(expected)
   if not saved_shapes:
-    raise ValueError(f"Checkpoint {where} is corrupt or incomplete: its metadata lists no arrays")
+    raise CorruptCheckpointError(
+        f"Checkpoint {where} is corrupt or incomplete: its metadata lists no arrays")
   # Params first: a model/config mismatch shows there more readably than in optimizer moments.
   order = sorted(expected_shapes, key=lambda k: not k.startswith("params/"))
   for key in order:

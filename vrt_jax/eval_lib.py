@@ -81,7 +81,8 @@ def make_testset(layout: str, *, lq: str | None, gt: str | None, sigma: float = 
   return testsets.vfi(root)
 
 
-def _check_pair(clip: testsets.TestClip, out: np.ndarray, scale: int) -> None:
+def _check_pair(clip: testsets.TestClip, num_out: int, scale: int) -> None:
+  """Before restoring: GT frames must be scale x the LQ size and match the scored outputs."""
   if clip.gt is None:
     return
   h, w = clip.lq.shape[1:3]
@@ -89,9 +90,9 @@ def _check_pair(clip: testsets.TestClip, out: np.ndarray, scale: int) -> None:
     raise ValueError(
         f"clip {clip.name}: GT frames are {clip.gt.shape[1:3]} but LQ frames {(h, w)} x scale "
         f"{scale} = {(h * scale, w * scale)}")
-  if max(clip.out_index) >= out.shape[0] or len(clip.out_index) != clip.gt.shape[0]:
+  if max(clip.out_index) >= num_out or len(clip.out_index) != clip.gt.shape[0]:
     raise ValueError(f"clip {clip.name}: {clip.gt.shape[0]} GT frames do not match the "
-                     f"{out.shape[0]} output frames")
+                     f"{num_out} output frames")
 
 
 def save_comparison(path: str | os.PathLike, lq: np.ndarray, out: np.ndarray,
@@ -118,10 +119,18 @@ def evaluate(model: Any, variables: Any, testset: Iterable[testsets.TestClip], *
   spec = inference.ModelSpec.from_model(model)
   apply_fn = apply_fn or inference.make_apply_fn(model)
   rows: list[dict[str, Any]] = []
+  if output_dir:
+    video.probe_writable(output_dir)  # Fail now, not after restoring the whole test set.
   for i, clip in enumerate(testset):
-    out = inference.restore(model, variables, clip.lq[None], tile=tile, tile_overlap=tile_overlap,
-                            apply_fn=apply_fn, progress=False)[0]
-    _check_pair(clip, out, spec.scale)
+    lq = np.asarray(clip.lq)
+    if lq.ndim != 4:
+      raise ValueError(f"clip {clip.name}: LQ must be (T, H, W, C); got shape {lq.shape}")
+    _check_pair(clip, 1 if spec.is_interpolation else lq.shape[0], spec.scale)
+    try:
+      out = inference.restore(model, variables, lq[None], tile=tile, tile_overlap=tile_overlap,
+                              apply_fn=apply_fn, progress=False)[0]
+    except ValueError as e:
+      raise ValueError(f"clip {clip.name}: {e}") from e
     scored = out[clip.out_index]
     row: dict[str, Any] = {"name": clip.name, "frames": len(clip.out_index)}
     if clip.gt is not None:
@@ -187,12 +196,17 @@ def evaluate_from_config(config: Any, *, checkpoint: str, lq: str | None, gt: st
                          output_dir: str, layout: str | None = None, sigma: float = 0,
                          tile: Sequence[int] | None = None,
                          tile_overlap: Sequence[int] | None = None, save_images: bool = False,
-                         log=print) -> dict[str, Any]:
-  """What `eval.py` runs: model from the config, weights, test set, table and result files."""
+                         checkpoint_fallback: bool = False, log=print) -> dict[str, Any]:
+  """What `eval.py` runs: model from the config, weights, test set, table and result files.
+
+  checkpoint_fallback: for a training workdir whose latest checkpoint is unreadable, evaluate the
+  latest earlier readable one (with a warning naming the skipped step) instead of failing.
+  """
   from vrt_jax import checkpoint as checkpoint_lib
 
   model = build_model(config)
-  params = checkpoint_lib.load_params(checkpoint, model)
+  video.probe_writable(output_dir)
+  params = checkpoint_lib.load_params(checkpoint, model, fallback=checkpoint_fallback)
   layout = layout or default_layout(config.task, lq)
   testset = make_testset(layout, lq=lq, gt=gt, sigma=sigma)
   default_tile, default_overlap = default_tiling(config.get("preset"), testset.kind)

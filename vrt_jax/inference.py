@@ -27,6 +27,13 @@ Frame interpolation models (`pa_frames == 0`) map `img_size[0]` input frames to 
 are never tiled in time: the whole input (which must have `img_size[0]` frames) is one temporal
 tile and the output has a single frame.
 
+Inputs are checked before any model call (`check_clip`): rank 5, the model's channel count, a
+floating dtype (uint8 is refused with the /255 hint rather than guessed), finite values, a range
+near [0, 1]. Automatic conversions, as the reference does them: frames smaller than the model's
+minimum are mirror-padded and cropped back; a clip shorter than the temporal window is padded with
+its frames in reverse order, so a single frame is restored from itself twice (pa_frames 2; models
+with pa_frames 4 or 6 need 2 input frames and refuse 1).
+
 Memory: one tile at a time is on the device; results accumulate on the host in float32 numpy and
 `restore_stream` hands frames out as soon as no later tile touches them, so a streaming caller
 holds about one temporal tile of input and output at a time.
@@ -39,6 +46,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -85,6 +93,11 @@ class ModelSpec:
   def is_interpolation(self) -> bool:
     return self.pa_frames == 0
 
+  @property
+  def min_frames(self) -> int:
+    """Fewest frames the model accepts (VRT's parallel warping looks pa_frames // 2 ahead)."""
+    return {0: self.num_frames, 2: 2, 4: 3, 6: 4}.get(self.pa_frames, 2)
+
 
 def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
   """Start indices of the tiles along one dimension, exactly as the reference lists them."""
@@ -117,7 +130,8 @@ def check_clip(lq: Any, in_channels: int, *, name: str = "lq") -> np.ndarray:
   if shape is None or len(shape) != 5:
     raise ValueError(f"{name} must be a (B, T, H, W, C) array; got shape {shape}")
   dtype = np.dtype(getattr(lq, "dtype", np.float32))
-  if not np.issubdtype(dtype, np.floating):
+  # jnp.issubdtype also knows bfloat16 (an ml_dtypes type numpy does not call floating).
+  if not jnp.issubdtype(dtype, jnp.floating):
     raise ValueError(
         f"{name} must be floating point in [0, 1]; got dtype {dtype}. Convert uint8 frames with "
         "x.astype(np.float32) / 255.")
@@ -273,8 +287,19 @@ def restore_stream(
     raise ValueError(
         f"frame interpolation model takes exactly img_size[0] = {spec.num_frames} frames; "
         f"got {num_frames}")
+  if num_frames < 1:
+    raise ValueError(f"the clip has no frames (num_frames = {num_frames})")
   restorer = _Restorer(spec, apply_fn or make_apply_fn(model), variables, tile, tile_overlap)
   starts, t_tile, pad_time = restorer.temporal_plan(num_frames)
+  if pad_time and not spec.is_interpolation:
+    # Mirror padding at most doubles a short clip (the reference's flip), so a single frame
+    # becomes two: enough for pa_frames 2, too few for 4 and 6. Refuse here, not in the model.
+    padded = mirror_pad(np.zeros((t_tile, 1)), 0, spec.window_size[0], extend=False).shape[0]
+    if padded < spec.min_frames:
+      raise ValueError(
+          f"the clip has {num_frames} frame(s); this model (pa_frames = {spec.pa_frames}) needs "
+          f"at least {spec.min_frames} frames after mirror padding, i.e. at least "
+          f"{(spec.min_frames + 1) // 2} input frames")
   num_out = 1 if spec.is_interpolation else num_frames
   done = frame_done or (lambda t: False)
 

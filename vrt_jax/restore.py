@@ -6,7 +6,10 @@
 INPUT and OUTPUT are frame folders or video files (.mp4, ...); a video output keeps the input's
 frame rate. The clip is read, restored and written one temporal tile at a time, so memory does
 not grow with the number of frames. Writing to a frame folder resumes: temporal tiles whose
-output frames all exist are skipped.
+output frames all exist are skipped (frames are written atomically, so an interrupted run leaves
+only complete frames; `.vrt_restore.json` in the folder records the input, model, weights and
+sigma, and a rerun that differs in any of them is refused instead of mixing outputs). A video
+output is encoded to a hidden temporary file and only renamed to OUTPUT when complete.
 
 Tiling: `--tile` / `--tile_overlap` if given; otherwise the preset's official test tiling
 (`presets.TEST_SETTINGS`), shrunk until `estimate_tile_bytes` fits `--memory_budget_mb` (see there).
@@ -16,8 +19,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import importlib.util
+import json
 import math
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -146,8 +152,13 @@ class Restorer:
   preset: str | None
 
 
-def load_restorer(*, preset: str | None, weights: str, config: str | None = None) -> Restorer:
-  """Model kwargs from --config (its `model`), else --preset; weights via checkpoint.load_params."""
+def load_restorer(*, preset: str | None, weights: str, config: str | None = None,
+                  checkpoint_fallback: bool = False) -> Restorer:
+  """Model kwargs from --config (its `model`), else --preset; weights via checkpoint.load_params.
+
+  checkpoint_fallback: for a training workdir whose latest checkpoint is unreadable, load the
+  latest earlier one that is readable (with a warning) instead of failing.
+  """
   import vrt_jax
   from vrt_jax import checkpoint
 
@@ -163,7 +174,7 @@ def load_restorer(*, preset: str | None, weights: str, config: str | None = None
   if model.pa_frames == 0:
     raise ValueError("frame interpolation models (pa_frames 0) map 4 frames to 1 in-between "
                      "frame; restoring a whole video with them is not supported here")
-  params = checkpoint.load_params(weights, model)
+  params = checkpoint.load_params(weights, model, fallback=checkpoint_fallback)
   return Restorer(model, {"params": params}, kwargs, preset)
 
 
@@ -192,6 +203,7 @@ def restore_video(restorer: Restorer, input_path: str, output_path: str, *,
       writer = video.VideoFileWriter(output_path, out_fps, reader.width * s, reader.height * s)
     else:
       writer = video.FrameFolderWriter(output_path)
+      check_resume_record(output_path, run_record(restorer, reader, input_path, sigma))
     skipped = sum(writer.exists(t) for t in range(reader.num_frames))
 
     def read(start: int, stop: int) -> np.ndarray:
@@ -208,12 +220,80 @@ def restore_video(restorer: Restorer, input_path: str, output_path: str, *,
           tile_overlap=tile_overlap, frame_done=writer.exists, progress=progress):
         writer.write(t, frame[0])
         written += 1
-    finally:
-      writer.close()
+    except BaseException:
+      writer.abort()  # A video is dropped; written frames of a folder stay for resuming.
+      raise
+    writer.close()
+    if isinstance(writer, video.FrameFolderWriter):
+      # Every frame must be on disk now (written by this run or a previous one).
+      missing = [t for t in range(reader.num_frames) if not writer.exists(t)]
+      if missing:
+        raise RuntimeError(f"{len(missing)} output frames are missing after the restore "
+                           f"(first {missing[0]}) in {output_path}")
   finally:
     reader.close()
   return dict(frames=reader.num_frames, written=written, skipped=skipped, tile=list(tile),
               tile_overlap=list(tile_overlap), fps=float(out_fps))
+
+
+RESUME_RECORD = ".vrt_restore.json"
+
+
+def params_fingerprint(variables: Any) -> str:
+  """SHA-256 of the variables' tree structure, shapes, dtypes and bytes (identifies weights)."""
+  digest = hashlib.sha256()
+  leaves, treedef = jax.tree_util.tree_flatten(variables)
+  digest.update(str(treedef).encode())
+  for leaf in leaves:
+    a = np.ascontiguousarray(np.asarray(leaf))
+    digest.update(f"{a.shape}{a.dtype}".encode())
+    digest.update(a.tobytes())
+  return digest.hexdigest()
+
+
+def run_record(restorer: Restorer, reader: Any, input_path: str, sigma: float) -> dict[str, Any]:
+  """What determines the output frames of a restore: input, model, weights and noise level.
+
+  Kept in the output folder so that resuming never mixes frames of two different runs.
+  """
+  return json.loads(json.dumps(dict(
+      input=str(Path(input_path).resolve()), frames=int(reader.num_frames),
+      height=int(reader.height), width=int(reader.width), preset=restorer.preset,
+      model=restorer.model_kwargs, weights=params_fingerprint(restorer.variables),
+      sigma=float(sigma)), default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
+
+
+def check_resume_record(folder: str, record: dict[str, Any]) -> None:
+  """Writes `record` to `<folder>/.vrt_restore.json`, or refuses to resume a different run.
+
+  Raises ValueError if the folder already holds frames and they were written for another input,
+  model, weights or sigma, or by something else (no record): those frames would otherwise be
+  kept as if they were this run's output.
+  """
+  path = Path(folder) / RESUME_RECORD
+  has_frames = any(p.suffix.lower() in video.IMAGE_EXTENSIONS and not p.name.startswith(".")
+                   for p in Path(folder).iterdir())
+  if path.is_file():
+    try:
+      old = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+      old = None
+    if old == record:
+      return
+    if has_frames:
+      diff = (sorted(k for k in set(record) | set(old) if record.get(k) != old.get(k))
+              if isinstance(old, dict) else ["unreadable record"])
+      raise ValueError(
+          f"output folder {folder} holds frames of a different restore ({', '.join(diff)} "
+          f"differ, see {path}); resuming would mix them with this run's. Use another output "
+          "folder or delete it")
+  elif has_frames:
+    raise ValueError(
+        f"output folder {folder} already holds image files not written by vrt_jax.restore (no "
+        f"{RESUME_RECORD}); they would be taken as restored frames. Use an empty or new folder")
+  tmp = path.with_suffix(".tmp")
+  tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
+  os.replace(tmp, path)
 
 
 def _triple(text: str) -> tuple[int, int, int]:
@@ -238,8 +318,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   parser.add_argument("--tile_overlap", type=_triple, help="t,h,w")
   parser.add_argument("--sigma", type=float, default=0, help="noise level /255 (denoising)")
   parser.add_argument("--fps", type=float, help="output frame rate (default: the input's)")
+  parser.add_argument("--checkpoint_fallback", action="store_true",
+                      help="if --weights is a training workdir whose latest checkpoint is "
+                           "unreadable, use the latest earlier one that loads")
   args = parser.parse_args(argv)
-  restorer = load_restorer(preset=args.preset, weights=args.weights, config=args.config)
+  restorer = load_restorer(preset=args.preset, weights=args.weights, config=args.config,
+                           checkpoint_fallback=args.checkpoint_fallback)
   print(f"restoring {args.input} -> {args.output} on {jax.devices()[0].platform}")
   summary = restore_video(restorer, args.input, args.output, tile=args.tile,
                           tile_overlap=args.tile_overlap, memory_budget_mb=args.memory_budget_mb,

@@ -26,7 +26,7 @@ from absl import logging
 from tqdm import tqdm
 
 import vrt_jax
-from vrt_jax import checkpoint, inference, losses, metrics, optim, sharding
+from vrt_jax import checkpoint, inference, losses, metrics, optim, sharding, video
 from vrt_jax.data import pipeline
 
 METRICS_FILE = "metrics.jsonl"
@@ -36,8 +36,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """Trains (or resumes training in `workdir`) and returns the last logged metrics."""
   workdir = os.path.abspath(workdir)
   is_main = jax.process_index() == 0
+  nan_policy = config.get("nan_policy", "stop")
+  if nan_policy not in ("stop", "skip"):
+    raise ValueError(f"config.nan_policy must be 'stop' or 'skip', got {nan_policy!r}")
   if is_main:
-    os.makedirs(workdir, exist_ok=True)
+    # A full disk or read-only workdir fails here, not at the first checkpoint hours later.
+    video.probe_writable(workdir, "workdir")
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
@@ -70,10 +74,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   manager = checkpoint.make_manager(workdir, max_to_keep=config.max_to_keep,
                                     save_interval_steps=config.checkpoint_every)
   start = manager.latest_step()
-  if start is not None:
+  state = None
+  while start is not None:
     logging.info("Resuming from %s/%d", manager.directory, start)
-    state = checkpoint.restore_state(manager, start, abstract_state, data_iter)
-  else:
+    try:
+      state = checkpoint.restore_state(manager, start, abstract_state, data_iter)
+      break
+    except checkpoint.CorruptCheckpointError as e:
+      earlier = [s for s in manager.all_steps() if s < start]
+      if not config.get("resume_fallback", False):
+        raise checkpoint.CorruptCheckpointError(
+            f"{e}\nNot resuming. Earlier checkpoints: steps {sorted(earlier)}. Rerun with "
+            "--config.resume_fallback=True to set this one aside (renamed to <step>.corrupt) "
+            "and resume from the latest earlier one that loads.") from e
+      logging.warning("Checkpoint %d is unreadable (%s); set aside as %s", start, e,
+                      checkpoint.set_aside(manager, start))
+      start = max(earlier) if earlier else None
+  if start is None:
     start = 0
     init_fn = jax.jit(init_state, out_shardings=state_sharding).lower(init_rng)
     # Initialisation runs once; on CPU, XLA's optimisation passes cost far more than they save.
@@ -106,11 +123,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       return losses.charbonnier(pred, batch["gt"], config.loss_eps)
 
     loss, grads = jax.value_and_grad(loss_fn)(state["params"])
+    grad_norm = optax.global_norm(grads)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    new_state = {"step": state["step"] + 1,
-                 "params": optax.apply_updates(state["params"], updates),
-                 "opt_state": opt_state}
-    return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+    params = optax.apply_updates(state["params"], updates)
+    if nan_policy == "skip":
+      # A non-finite loss or gradient leaves params and optimizer state as they were.
+      finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+      keep = lambda new, old: jnp.where(finite, new, old)
+      params = jax.tree.map(keep, params, state["params"])
+      opt_state = jax.tree.map(keep, opt_state, state["opt_state"])
+    new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}
+    return new_state, {"loss": loss, "grad_norm": grad_norm}
 
   step_fns = {
       frozen: jax.jit(functools.partial(train_step, frozen=frozen),
@@ -125,6 +148,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   pending: list[tuple[int, dict[str, jax.Array]]] = []  # Fetched lazily: no sync every step.
   last: dict[str, float] = {"step": start}
   last_time, last_step = time.perf_counter(), start
+  bad_run = 0  # Consecutive non-finite steps.
+  skipped: list[int] = []  # Steps whose update was skipped (nan_policy 'skip').
   pbar = tqdm(total=total, initial=start, desc="train", disable=not is_main, dynamic_ncols=True)
   try:
     for step in range(start + 1, total + 1):
@@ -144,12 +169,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       fetched = jax.device_get(pending)
       pending = []
       for s, m in fetched:
-        if not np.isfinite(m["loss"]):
-          manager.wait_until_finished()
-          good = manager.latest_step()
-          raise FloatingPointError(
-              f"Loss is {float(m['loss'])} at step {s}; stopping. Last good checkpoint: "
-              + (f"step {good} in {manager.directory}" if good is not None else "none"))
+        if np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"]):
+          bad_run = 0
+          continue
+        what = (f"loss {float(m['loss'])}, gradient norm {float(m['grad_norm'])} at step {s}")
+        bad_run += 1
+        if nan_policy == "skip" and bad_run <= config.get("max_nan_skips", 10):
+          logging.warning("Non-finite %s: update skipped (nan_policy 'skip')", what)
+          skipped.append(s)
+          continue
+        manager.wait_until_finished()
+        good = manager.latest_step()
+        reason = (f"{bad_run} non-finite steps in a row" if nan_policy == "skip"
+                  else "nan_policy 'stop'")
+        raise FloatingPointError(
+            f"Non-finite {what}; stopping ({reason}). Nothing after step "
+            f"{s - 1} was saved. Last good checkpoint: "
+            + (f"step {good} in {manager.directory}" if good is not None else "none"))
       record: dict[str, float] = {}
       if log_now:
         now = time.perf_counter()
@@ -161,8 +197,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                   else float(schedule(step - 1)) * config.optim.fix_lr_mul,
                   "steps_per_sec": (step - last_step) / (now - last_time)}
         pbar.set_postfix(loss=f"{record['loss']:.4f}")
+      if skipped and log_now:
+        record["skipped_steps"] = len(skipped)
       if save_now:
-        checkpoint.save_state(manager, step, state, data_iter, force=step == total)
+        try:
+          checkpoint.save_state(manager, step, state, data_iter, force=step == total)
+        except OSError as e:
+          good = manager.latest_step()
+          raise OSError(e.errno, f"Saving checkpoint {step} in {manager.directory} failed "
+                                 f"({e.strerror or e}); the last complete checkpoint is "
+                                 f"{good}") from e
       if eval_now:
         if val_clips is None:
           val_clips = pipeline.make_val_clips(config.data, num_clips=config.data.val_clips,

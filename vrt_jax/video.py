@@ -136,12 +136,23 @@ class VideoFileReader:
     while self._buffer_start < start and self._buffer:
       self._buffer.popleft()
       self._buffer_start += 1
+    import av
+
     while self._buffer_start + len(self._buffer) < stop:
-      frame = next(self._frames, None)
+      try:
+        frame = next(self._frames, None)
+      except (av.error.FFmpegError, OSError) as e:
+        raise ValueError(f"{self.path}: cannot decode frame "
+                         f"{self._buffer_start + len(self._buffer)}: {e}") from e
       if frame is None:
         raise ValueError(f"{self.path} ended after {self._buffer_start + len(self._buffer)} "
                          f"frames, expected {self.num_frames}")
       rgb = frame.to_ndarray(format="rgb24").astype(np.float32) / np.float32(255.0)
+      if rgb.shape[:2] != (self.height, self.width):
+        raise ValueError(
+            f"{self.path}: frame {self._buffer_start + len(self._buffer)} is "
+            f"{rgb.shape[1]}x{rgb.shape[0]}, but the video is {self.width}x{self.height}; "
+            "videos that change size are not supported (re-encode at one size)")
       if self._buffer_start + len(self._buffer) < start:
         self._buffer_start += 1  # Skipped frame: decoded but not needed.
         continue
@@ -162,12 +173,35 @@ def open_video(path: str | os.PathLike) -> FrameFolderReader | VideoFileReader:
       f"input {path} must be a frame folder or a video file ({', '.join(VIDEO_EXTENSIONS)})")
 
 
+def probe_writable(folder: str | os.PathLike, what: str = "output folder") -> Path:
+  """Creates `folder` and writes, syncs and deletes a small file in it, before any long work.
+
+  Raises OSError naming the folder if it cannot be created or written (read-only file system,
+  no permission, a file in the way, disk full).
+  """
+  folder = Path(folder)
+  probe = folder / f".write_probe_{os.getpid()}"
+  try:
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(probe, "wb") as f:
+      f.write(b"\0" * 4096)
+      f.flush()
+      os.fsync(f.fileno())
+    probe.unlink()
+  except OSError as e:
+    raise OSError(e.errno, f"{what} {folder} is not writable: {e.strerror or e}") from e
+  return folder
+
+
 class FrameFolderWriter:
-  """Writes frame t as `<folder>/<t:08d>.png`; `exists(t)` supports resuming."""
+  """Writes frame t as `<folder>/<t:08d>.png`; `exists(t)` supports resuming.
+
+  Each frame is written to a hidden temporary file and renamed, so an interrupted or failed run
+  leaves only complete frames under their final names.
+  """
 
   def __init__(self, folder: str | os.PathLike):
-    self.folder = Path(folder)
-    self.folder.mkdir(parents=True, exist_ok=True)
+    self.folder = probe_writable(folder)
 
   def path(self, t: int) -> Path:
     return self.folder / f"{t:08d}.png"
@@ -176,25 +210,38 @@ class FrameFolderWriter:
     return self.path(t).is_file()
 
   def write(self, t: int, frame: np.ndarray) -> None:
-    # Write then rename, so an interrupted run never leaves a truncated frame that looks done.
     tmp = self.folder / f".{t:08d}.tmp.png"
-    write_image(tmp, frame)
-    os.replace(tmp, self.path(t))
+    try:
+      write_image(tmp, frame)
+      os.replace(tmp, self.path(t))
+    except OSError as e:
+      tmp.unlink(missing_ok=True)
+      raise OSError(e.errno, f"cannot write output frame {self.path(t)} ({e.strerror or e}); "
+                             f"frames written before it are complete and a rerun resumes "
+                             f"there") from e
 
   def close(self) -> None:
     pass
 
+  def abort(self) -> None:
+    """After a failure: frames already written stay (complete, and reused when resuming)."""
+
 
 class VideoFileWriter:
-  """Encodes frames in order to a video file (H.264, CRF 17), at the given frame rate."""
+  """Encodes frames in order to a video file (H.264, CRF 17), at the given frame rate.
+
+  The video is encoded to a hidden temporary file beside `path` and renamed by `close()`; after a
+  failure `abort()` deletes it, so `path` only ever holds a complete video.
+  """
 
   def __init__(self, path: str | os.PathLike, fps: fractions.Fraction | float, width: int,
                height: int):
     import av
 
     self.path = Path(path)
-    self.path.parent.mkdir(parents=True, exist_ok=True)
-    self._container = av.open(str(self.path), "w")
+    probe_writable(self.path.parent, "output video folder")
+    self._tmp = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
+    self._container = av.open(str(self._tmp), "w")
     rate = fractions.Fraction(fps).limit_denominator(1001 * 1000)
     self._stream = self._container.add_stream("libx264", rate=rate)
     self._stream.width, self._stream.height = width, height
@@ -220,6 +267,14 @@ class VideoFileWriter:
     for packet in self._stream.encode():
       self._container.mux(packet)
     self._container.close()
+    os.replace(self._tmp, self.path)
+
+  def abort(self) -> None:
+    """Drops the unfinished video (a video file cannot be resumed)."""
+    try:
+      self._container.close()
+    finally:
+      self._tmp.unlink(missing_ok=True)
 
 
 def write_video(path: str | os.PathLike, frames: np.ndarray,
@@ -232,6 +287,10 @@ def write_video(path: str | os.PathLike, frames: np.ndarray,
     writer = VideoFileWriter(path, fps, frames.shape[2], frames.shape[1])
   else:
     writer = FrameFolderWriter(path)
-  for t, frame in enumerate(frames):
-    writer.write(t, frame)
+  try:
+    for t, frame in enumerate(frames):
+      writer.write(t, frame)
+  except BaseException:
+    writer.abort()
+    raise
   writer.close()

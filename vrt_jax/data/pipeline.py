@@ -24,7 +24,7 @@ Config keys read from `data_cfg` (ConfigDict or dict; all optional except the ro
   reverse (True for vimeo, else False); color_jitter (True for vfi, else False); num_workers (0);
   synthetic_clips (64);
   val_clips (2), val_frames (num_frames), val_size (64), val_sigma (30), val_gt_root, val_lq_root;
-  exclude_clips (REDS4 for reds).
+  exclude_clips (REDS4 for reds); skip_bad_samples (False: an unreadable image stops training).
 """
 
 from __future__ import annotations
@@ -332,13 +332,20 @@ class TrainSample(grain.transforms.RandomMap):
 
 
 def make_train_loader(data_cfg: Any, *, batch_size: int, seed: int, process_index: int = 0,
-                      process_count: int = 1, skip_bad_samples: bool = False) -> grain.DataLoader:
+                      process_count: int = 1, skip_bad_samples: bool | None = None
+                      ) -> grain.DataLoader:
   """A grain DataLoader of endless shuffled training batches for this process.
 
   Yields dicts of float32 numpy arrays: `lq` (batch_size, T, h, w, Cin) and `gt`
   (batch_size, T_out, H, W, 3); T_out = 1 for interpolation. `batch_size` is per process; keys are
   sharded by process. The iterator's state saves and restores with grain.checkpoint.
+
+  A missing or undecodable image raises `layouts.BadSampleError` naming the file; with
+  `skip_bad_samples` (default: the config's `data.skip_bad_samples`, else False) the sample is
+  logged as a warning and replaced by another random key instead.
   """
+  if skip_bad_samples is None:
+    skip_bad_samples = bool(data_cfg.get("skip_bad_samples", False))
   s = settings_from_config(data_cfg)
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
