@@ -28,6 +28,10 @@ _SIGMA = flags.DEFINE_float("sigma", 0, "Noise level (/255) for denoising test s
 _TILE = flags.DEFINE_list("tile", None, "Tile T,H,W (0 = whole dimension).")
 _TILE_OVERLAP = flags.DEFINE_list("tile_overlap", None, "Tile overlap t,h,w.")
 _SAVE_IMAGES = flags.DEFINE_bool("save_images", False, "Save the restored frames as PNG.")
+_FALLBACK = flags.DEFINE_bool(
+    "checkpoint_fallback", False,
+    "If the latest checkpoint of a training workdir is unreadable, use the latest readable "
+    "earlier one (with a warning) instead of failing.")
 
 
 def _triple(values: list[str] | None, name: str) -> tuple[int, int, int] | None:
@@ -45,7 +49,7 @@ def main(argv):
       _CONFIG.value, checkpoint=_CHECKPOINT.value, lq=_LQ.value, gt=_GT.value,
       output_dir=_OUTPUT.value, layout=_LAYOUT.value, sigma=_SIGMA.value,
       tile=_triple(_TILE.value, "tile"), tile_overlap=_triple(_TILE_OVERLAP.value, "tile_overlap"),
-      save_images=_SAVE_IMAGES.value)
+      save_images=_SAVE_IMAGES.value, checkpoint_fallback=_FALLBACK.value)
 
 
 if __name__ == "__main__":
