@@ -28,6 +28,8 @@ def recipe(preset: str | None, *, task: str, scale: int) -> ml_collections.Confi
   config.eval_every = 5_000  # 0: at the end only; -1: never.
   # Fine-tune from an official .pth, an exported params dir or a training workdir ('' = scratch).
   config.init_from = ""
+  # The released model that init_from was saved from, when it is not this config's model.
+  config.init_from_preset = ""
   # Non-finite loss or gradient: 'stop' (name the step and the last good checkpoint) or 'skip'
   # the update (at most max_nan_skips in a row, then stop).
   config.nan_policy = "stop"

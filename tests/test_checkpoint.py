@@ -100,3 +100,22 @@ def test_training_checkpoint_restores_state_and_data_iterator(tmp_path):
   with pytest.raises(ValueError, match=r"leaf 'params/.*' has shape"):
     checkpoint.restore_state(manager, 3, wrong, iter(grain.MapDataset.range(100).to_iter_dataset()))
   manager.close()
+
+
+def test_transfer_params_copies_matching_leaves_and_reports_the_rest():
+  """Fine-tuning 003/004 from 002: only the parallel-warping weights differ in shape."""
+  from vrt_jax import convert, presets
+
+  def ones_like_model(value, **kw):
+    abstract = convert.abstract_params(vrt_jax.VRT(**presets.tiny(embed_dims=[24] * 9, **kw)))
+    return jax.tree.map(lambda s: np.full(s.shape, value, np.float32), abstract)
+
+  source = ones_like_model(1.0, pa_frames=6, deformable_groups=12)
+  target = ones_like_model(0.0, pa_frames=4, deformable_groups=8)
+  params, fresh = checkpoint.transfer_params(source, target)
+  assert fresh and all("pa_deform" in p for p in fresh)
+  assert any(p.endswith("conv_offset_0/kernel") for p in fresh)
+  flat = dict(jax.tree_util.tree_flatten_with_path(params)[0])
+  for path, value in flat.items():
+    name = "/".join(k.key for k in path)
+    assert np.all(value == (0.0 if name in fresh else 1.0)), name

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from flax import traverse_util
 
 CHECKPOINT_DIR = "checkpoints"
 MODEL_CONFIG = "model_config.json"
@@ -296,3 +297,22 @@ def _jsonable(value: Any) -> Any:
   if isinstance(value, np.generic):
     return value.item()
   return value
+
+
+def transfer_params(source: Any, target: Any) -> tuple[Any, list[str]]:
+  """Copies `source` leaves into `target` where path and shape agree (fine-tuning another config).
+
+  Returns the new params and the '/'-joined paths of target leaves that kept their own value
+  (absent from source or of another shape), so the caller can report them.
+  """
+  flat_src = traverse_util.flatten_dict(source)
+  flat_tgt = traverse_util.flatten_dict(target)
+  out, fresh = {}, []
+  for path, value in flat_tgt.items():
+    src = flat_src.get(path)
+    if src is not None and np.shape(src) == np.shape(value):
+      out[path] = np.asarray(src, dtype=np.asarray(value).dtype)
+    else:
+      out[path] = value
+      fresh.append("/".join(path))
+  return traverse_util.unflatten_dict(out), fresh

@@ -99,8 +99,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     state = init_fn.compile(options)(init_rng)
     if config.init_from:
       logging.info("Initialising params from %s", config.init_from)
-      params = jax.device_put(checkpoint.load_params(config.init_from, model),
-                              state_sharding["params"])
+      source = model
+      if config.get("init_from_preset"):  # e.g. 003/004 start from 002 (other pa_frames, DCN).
+        source = vrt_jax.VRT(**vrt_jax.presets.get_preset(config.init_from_preset))
+      params, fresh = checkpoint.transfer_params(checkpoint.load_params(config.init_from, source),
+                                                 jax.device_get(state["params"]))
+      if fresh:
+        logging.warning("%d parameters differ in shape from %s and keep their initialisation: %s",
+                        len(fresh), config.init_from, ", ".join(fresh))
+      params = jax.device_put(params, state_sharding["params"])
       opt_state = jax.jit(tx.init, out_shardings=state_sharding["opt_state"])(params)
       state = {"step": state["step"], "params": params, "opt_state": opt_state}
   if int(state["step"]) != start:
