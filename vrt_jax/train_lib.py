@@ -283,6 +283,8 @@ def write_side_by_side(path: str, lq: np.ndarray, out: np.ndarray, gt: np.ndarra
   s = gt.shape[1] // lq_t.shape[0]
   lq_t = np.repeat(np.repeat(lq_t, s, axis=0), s, axis=1)
   row = np.concatenate([lq_t, out[t], gt[t]], axis=1)
+  zoom = max(1, 256 // gt.shape[1])  # Small validation crops are enlarged to be looked at.
+  row = np.repeat(np.repeat(row, zoom, axis=0), zoom, axis=1)
   os.makedirs(os.path.dirname(path), exist_ok=True)
   Image.fromarray(np.round(np.clip(row, 0, 1) * 255).astype(np.uint8)).save(path)
 
