@@ -8,6 +8,7 @@ channel is g * 9 + k.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -15,6 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from vrt_jax.spynet import torch_conv_init
+
+# Upper bound on the im2col columns materialised at once (bytes); see _deform_conv_1group.
+_COLUMN_BYTES = 64 << 20
 
 
 def modulated_deform_conv(x: jax.Array, offset: jax.Array, mask: jax.Array, kernel: jax.Array,
@@ -27,41 +31,91 @@ def modulated_deform_conv(x: jax.Array, offset: jax.Array, mask: jax.Array, kern
   """
   n, h, w, cin = x.shape
   dg = deformable_groups
-  cpg = cin // dg
-  off = offset.reshape(n, h, w, dg, 9, 2)
-  ky, kx = np.meshgrid(np.arange(3) - 1, np.arange(3) - 1, indexing="ij")
-  base_y = np.arange(h, dtype=np.float32)[:, None, None, None] + ky.reshape(-1)  # (H, 1, 1, 9)
-  base_x = np.arange(w, dtype=np.float32)[None, :, None, None] + kx.reshape(-1)  # (1, W, 1, 9)
-  py = base_y + off[..., 0]  # (N, H, W, dg, 9)
-  px = base_x + off[..., 1]
-  m = mask.reshape(n, h, w, dg, 9)
+  cin_g, cout = kernel.shape[2], kernel.shape[3]
+  groups = cin // cin_g
+  if cin % dg or cin_g * groups != cin or cout % groups:
+    raise ValueError(f"modulated_deform_conv: Cin={cin} must split into {dg} deformable groups "
+                     f"and kernel {kernel.shape} into whole convolution groups")
+  if groups > 1 and dg % groups == 0:
+    # A grouped convolution is `groups` independent ones over disjoint channels and deformable
+    # groups; each then ends in one plain matmul.
+    dgg, cog = dg // groups, cout // groups
+    outs = [_deform_conv_1group(x[..., i * cin_g:(i + 1) * cin_g],
+                                offset[..., i * dgg * 18:(i + 1) * dgg * 18],
+                                mask[..., i * dgg * 9:(i + 1) * dgg * 9],
+                                kernel[..., i * cog:(i + 1) * cog], dgg)
+            for i in range(groups)]
+    out = jnp.concatenate(outs, axis=-1)
+  elif groups > 1:
+    cols = _deform_columns(x, offset, mask, dg).reshape(n, h, w, 9, groups, cin_g)
+    k = kernel.reshape(9, cin_g, groups, cout // groups)
+    out = jnp.einsum("nhwkgc,kcgo->nhwgo", cols, k.astype(cols.dtype),
+                     preferred_element_type=jnp.float32).reshape(n, h, w, cout)
+  else:
+    out = _deform_conv_1group(x, offset, mask, kernel, dg)
+  return (out if bias is None else out + bias).astype(x.dtype)
 
+
+def _deform_conv_1group(x: jax.Array, offset: jax.Array, mask: jax.Array, kernel: jax.Array,
+                        dg: int) -> jax.Array:
+  n, h, w, cin = x.shape
+  # Bound the (N, H, W, 9 * Cin) columns: a few frames at a time (static slices, no loop).
+  step = max(1, _COLUMN_BYTES // (h * w * 9 * cin * 4))
+  if step < n:
+    return jnp.concatenate([
+        _deform_conv_1group(x[i:i + step], offset[i:i + step], mask[i:i + step], kernel, dg)
+        for i in range(0, n, step)])
+  cols = _deform_columns(x, offset, mask, dg).reshape(n * h * w, 9 * cin)
+  # (k, Cin)-major columns against the (3, 3, Cin, Cout) kernel: one 2-D matmul.
+  out = jnp.dot(cols, kernel.reshape(9 * cin, -1).astype(cols.dtype),
+                preferred_element_type=jnp.float32)
+  return out.reshape(n, h, w, -1)
+
+
+def _deform_columns(x: jax.Array, offset: jax.Array, mask: jax.Array, dg: int) -> jax.Array:
+  """The modulated, bilinearly sampled im2col columns: (N, H, W, 9, Cin), Cin ordered as in x.
+
+  XLA's CPU gather costs about the same per index for a 10- or a 40-float row, so instead of one
+  gather per bilinear corner (and deformable group) this gathers once from a table whose row
+  (y, x) holds the 2 x 2 neighbourhood of the zero-padded input starting at (y - 1, x - 1). The
+  modulation mask is folded into the four bilinear weights, and the weighted sum is written as
+  elementwise products of slices so that XLA fuses it with the gather (no (..., 4, cpg)
+  intermediate). Sampling positions and weights stay in float32.
+  """
+  n, h, w, cin = x.shape
+  cpg = cin // dg
+  p = jnp.pad(x.reshape(n, h, w, dg, cpg), ((0, 0), (1, 1), (1, 1), (0, 0), (0, 0)))
+  table = jnp.stack([p[:, :-1, :-1], p[:, :-1, 1:], p[:, 1:, :-1], p[:, 1:, 1:]], axis=4)
+  table = table.reshape(n * (h + 1) * (w + 1) * dg, 4 * cpg)
+
+  # Positions laid out (N, H, W, 9, dg) so that the columns come out in the kernel's order.
+  off = offset.astype(jnp.float32).reshape(n, h, w, dg, 9, 2).transpose(0, 1, 2, 4, 3, 5)
+  m = mask.astype(jnp.float32).reshape(n, h, w, dg, 9).transpose(0, 1, 2, 4, 3)
+  ky, kx = np.meshgrid(np.arange(3) - 1, np.arange(3) - 1, indexing="ij")
+  base_y = np.arange(h, dtype=np.float32)[:, None, None, None] + ky.reshape(-1, 1)  # (H, 1, 9, 1)
+  base_x = np.arange(w, dtype=np.float32)[None, :, None, None] + kx.reshape(-1, 1)  # (1, W, 9, 1)
+  py = base_y + off[..., 0]
+  px = base_x + off[..., 1]
   y0 = jnp.floor(py)
   x0 = jnp.floor(px)
   wy1, wx1 = py - y0, px - x0
   wy0, wx0 = 1 - wy1, 1 - wx1
-  y0 = y0.astype(jnp.int32)
-  x0 = x0.astype(jnp.int32)
-  # Gather per (sample, deformable group): source (HW, cpg), indices (H * W * 9,).
-  src = x.reshape(n, h * w, dg, cpg).transpose(0, 2, 1, 3)
-  gather = jax.vmap(jax.vmap(lambda f, i: f[i]))
-  cols = 0.
-  for dy, dx, wgt in ((0, 0, wy0 * wx0), (0, 1, wy0 * wx1), (1, 0, wy1 * wx0), (1, 1, wy1 * wx1)):
-    yi, xi = y0 + dy, x0 + dx
-    valid = (yi >= 0) & (yi < h) & (xi >= 0) & (xi < w)
-    idx = jnp.clip(yi, 0, h - 1) * w + jnp.clip(xi, 0, w - 1)  # (N, H, W, dg, 9)
-    idx = idx.transpose(0, 3, 1, 2, 4).reshape(n, dg, -1)
-    vals = gather(src, idx).reshape(n, dg, h, w, 9, cpg)
-    coef = (jnp.where(valid, wgt, 0) * m).transpose(0, 3, 1, 2, 4)  # (N, dg, H, W, 9)
-    cols = cols + vals * coef[..., None].astype(x.dtype)
-  # (N, dg, H, W, 9, cpg) -> (N, H, W, 9, Cin), channels ordered as in x.
-  cols = cols.transpose(0, 2, 3, 4, 1, 5).reshape(n, h, w, 9, cin)
-  cin_g, cout = kernel.shape[2], kernel.shape[3]
-  groups = cin // cin_g
-  cols = cols.reshape(n, h, w, 9, groups, cin_g)
-  k = kernel.reshape(9, cin_g, groups, cout // groups)
-  out = jnp.einsum("nhwkgc,kcgo->nhwgo", cols, k).reshape(n, h, w, cout)
-  return out if bias is None else out + bias
+  # Corners outside the image read the zero padding; samples with no corner inside get weight 0.
+  m = jnp.where((y0 >= -1) & (y0 <= h - 1) & (x0 >= -1) & (x0 <= w - 1), m, 0)
+  coefs = [(c * m).astype(x.dtype)[..., None] for c in (wy0 * wx0, wy0 * wx1, wy1 * wx0,
+                                                         wy1 * wx1)]
+  yi = jnp.clip(y0.astype(jnp.int32) + 1, 0, h)
+  xi = jnp.clip(x0.astype(jnp.int32) + 1, 0, w)
+  first_row = (np.arange(n, dtype=np.int32) * (h + 1))[:, None, None, None, None]
+  rows = ((first_row + yi) * (w + 1) + xi) * dg + np.arange(dg, dtype=np.int32)
+  # Materialise indices and weights once: fused into the gather they would be recomputed for
+  # every gathered element.
+  rows, coefs = jax.lax.optimization_barrier((rows, coefs))
+  vals = table.at[rows].get(mode="promise_in_bounds")  # (N, H, W, 9, dg, 4 * cpg)
+  cols = vals[..., :cpg] * coefs[0]
+  for q in range(1, 4):
+    cols = cols + vals[..., q * cpg:(q + 1) * cpg] * coefs[q]
+  return cols.reshape(n, h, w, 9, cin)
 
 
 class DCNv2PackFlowGuided(nn.Module):
@@ -78,6 +132,7 @@ class DCNv2PackFlowGuided(nn.Module):
   deformable_groups: int
   max_residue_magnitude: float = 10.
   pa_frames: int = 2
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, x_flow_warpeds: Sequence[jax.Array], x_current: jax.Array,
@@ -86,10 +141,11 @@ class DCNv2PackFlowGuided(nn.Module):
     dg = self.deformable_groups
     h = jnp.concatenate([*x_flow_warpeds, x_current, *flows], axis=-1)
     for i in range(3):
-      h = nn.Conv(c, (3, 3), padding=1, kernel_init=torch_conv_init(),
+      h = nn.Conv(c, (3, 3), padding=1, kernel_init=torch_conv_init(), dtype=self.dtype,
                   name=f"conv_offset_{2 * i}")(h)
       h = nn.leaky_relu(h, 0.1)
-    h = nn.Conv(27 * dg, (3, 3), padding=1, kernel_init=nn.initializers.zeros,
+    # Offsets and mask (sampling positions) in float32 whatever the compute dtype.
+    h = nn.Conv(27 * dg, (3, 3), padding=1, kernel_init=nn.initializers.zeros, dtype=jnp.float32,
                 name="conv_offset_6")(h)
     o1, o2, m = jnp.split(h, 3, axis=-1)
     offset = self.max_residue_magnitude * jnp.tanh(jnp.concatenate([o1, o2], axis=-1))
@@ -107,4 +163,4 @@ class DCNv2PackFlowGuided(nn.Module):
 
     kernel = self.param("kernel", init, (3, 3, c, c))
     bias = self.param("bias", nn.initializers.zeros, (c,))
-    return modulated_deform_conv(x, offset, mask, kernel, bias, dg)
+    return modulated_deform_conv(x.astype(self.dtype), offset, mask, kernel, bias, dg)

@@ -6,6 +6,7 @@ Features inside a group are (B, D, H, W, C) with D the number of frames.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -13,7 +14,7 @@ import jax.numpy as jnp
 
 from vrt_jax.attention import (
   WindowAttention,
-  compute_mask,
+  compute_mask_labels,
   get_window_size,
   window_partition,
   window_reverse,
@@ -21,13 +22,15 @@ from vrt_jax.attention import (
 from vrt_jax.spynet import torch_conv_init
 
 
-def layer_norm(name: str) -> nn.LayerNorm:
-  # Exact two-pass variance, as PyTorch computes it.
-  return nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, name=name)
+def layer_norm(name: str, dtype: Any = jnp.float32) -> nn.LayerNorm:
+  # Exact two-pass variance, as PyTorch computes it; statistics are float32 for any `dtype`
+  # (flax upcasts), the output is in `dtype`.
+  return nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, dtype=dtype, name=name)
 
 
-def dense(features: int, name: str) -> nn.Dense:
-  return nn.Dense(features, kernel_init=torch_conv_init(), name=name)
+def dense(features: int, name: str, dtype: Any = jnp.float32) -> nn.Dense:
+  # float32 parameters; inputs and kernel are cast to the compute `dtype`.
+  return nn.Dense(features, kernel_init=torch_conv_init(), dtype=dtype, name=name)
 
 
 class MlpGEGLU(nn.Module):
@@ -37,12 +40,13 @@ class MlpGEGLU(nn.Module):
   """
   hidden_features: int
   out_features: int
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    h = nn.gelu(dense(self.hidden_features, "fc11")(x), approximate=False)
-    h = h * dense(self.hidden_features, "fc12")(x)
-    return dense(self.out_features, "fc2")(h)
+    h = nn.gelu(dense(self.hidden_features, "fc11", self.dtype)(x), approximate=False)
+    h = h * dense(self.hidden_features, "fc12", self.dtype)(x)
+    return dense(self.out_features, "fc2", self.dtype)(h)
 
 
 def drop_path(module: nn.Module, x: jax.Array, rate: float, train: bool) -> jax.Array:
@@ -72,13 +76,14 @@ class TMSA(nn.Module):
   drop_path: float = 0.
   use_checkpoint_attn: bool = False
   use_checkpoint_ffn: bool = False
+  dtype: Any = jnp.float32
 
   def setup(self):
-    self.norm1 = layer_norm("norm1")
+    self.norm1 = layer_norm("norm1", self.dtype)
     self.attn = WindowAttention(self.dim, tuple(self.window_size), self.num_heads, self.qkv_bias,
-                                self.qk_scale, self.mut_attn)
-    self.norm2 = layer_norm("norm2")
-    self.mlp = MlpGEGLU(int(self.dim * self.mlp_ratio), self.dim)
+                                self.qk_scale, self.mut_attn, self.dtype)
+    self.norm2 = layer_norm("norm2", self.dtype)
+    self.mlp = MlpGEGLU(int(self.dim * self.mlp_ratio), self.dim, self.dtype)
 
   def attention_part(self, x: jax.Array, train: bool) -> jax.Array:
     b, d, h, w, c = x.shape
@@ -89,11 +94,11 @@ class TMSA(nn.Module):
     x = jnp.pad(x, [(0, 0), *pad, (0, 0)])
     _, dp, hp, wp, _ = x.shape
     shifted = any(s > 0 for s in shift_size)
-    mask = None
+    labels = None
     if shifted:
       x = jnp.roll(x, [-s for s in shift_size], axis=(1, 2, 3))
-      mask = compute_mask(dp, hp, wp, window_size, shift_size)
-    windows = self.attn(window_partition(x, window_size), mask=mask)
+      labels = compute_mask_labels(dp, hp, wp, window_size, shift_size)
+    windows = self.attn(window_partition(x, window_size), mask_labels=labels)
     x = window_reverse(windows, window_size, b, dp, hp, wp)
     if shifted:
       x = jnp.roll(x, list(shift_size), axis=(1, 2, 3))
@@ -131,6 +136,7 @@ class TMSAG(nn.Module):
   drop_path: float | Sequence[float] = 0.
   use_checkpoint_attn: bool = False
   use_checkpoint_ffn: bool = False
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -140,7 +146,7 @@ class TMSAG(nn.Module):
       x = TMSA(self.dim, self.num_heads, tuple(self.window_size),
                (0, 0, 0) if i % 2 == 0 else shift, self.mut_attn, self.mlp_ratio, self.qkv_bias,
                self.qk_scale, float(rate), self.use_checkpoint_attn, self.use_checkpoint_ffn,
-               name=f"blocks_{i}")(x, train)
+               self.dtype, name=f"blocks_{i}")(x, train)
     return x
 
 
@@ -159,12 +165,13 @@ class RTMSA(nn.Module):
   drop_path: float | Sequence[float] = 0.
   use_checkpoint_attn: bool = False
   use_checkpoint_ffn: bool = False
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     y = TMSAG(self.dim, self.depth, self.num_heads, self.window_size, False, self.mlp_ratio,
               self.qkv_bias, self.qk_scale, self.drop_path, self.use_checkpoint_attn,
-              self.use_checkpoint_ffn, name="residual_group")(x, train)
-    return x + dense(self.dim, "linear")(y)
+              self.use_checkpoint_ffn, self.dtype, name="residual_group")(x, train)
+    return x + dense(self.dim, "linear", self.dtype)(y)
 
 

@@ -9,6 +9,7 @@ interpolation when pa_frames is 0).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -25,14 +26,14 @@ RESHAPES = ("none", "down", "down", "down", "up", "up", "up")
 
 
 def conv_frames(x: jax.Array, features: int, kernel: int, name: str, padding: int | str = 1,
-                kernel_init=None) -> jax.Array:
+                kernel_init=None, dtype: Any = jnp.float32) -> jax.Array:
   """A per-frame 2-D convolution (the reference's Conv3d with kernel (1, k, k)).
 
   x: (B, T, H, W, C) -> (B, T, H, W, features).
   """
   b, t = x.shape[:2]
   conv = nn.Conv(features, (kernel, kernel), padding=padding,
-                 kernel_init=kernel_init or torch_conv_init(), name=name)
+                 kernel_init=kernel_init or torch_conv_init(), dtype=dtype, name=name)
   y = conv(x.reshape(b * t, *x.shape[2:]))
   return y.reshape(b, t, *y.shape[1:])
 
@@ -87,6 +88,7 @@ class Stage(nn.Module):
   max_residue_magnitude: float = 10.
   use_checkpoint_attn: bool = False
   use_checkpoint_ffn: bool = False
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, flows_backward: Sequence[jax.Array],
@@ -100,29 +102,29 @@ class Stage(nn.Module):
       # 'n (neiw neih c) d h w -> n d (h neih) (w neiw) c'
       x = x.reshape(b, t, h, w, 2, 2, c // 4).transpose(0, 1, 2, 5, 3, 4, 6)
       x = x.reshape(b, t, 2 * h, 2 * w, c // 4)
-    x = layer_norm("reshape_1")(x)
+    x = layer_norm("reshape_1", self.dtype)(x)
     if self.reshape != "none":
-      x = dense(self.dim, "reshape_2")(x)
+      x = dense(self.dim, "reshape_2", self.dtype)(x)
 
     ws = tuple(self.window_size)
     depth1 = int(self.depth * self.mul_attn_ratio)
     rates = self.drop_path if isinstance(self.drop_path, float) else tuple(self.drop_path)
     y = TMSAG(self.dim, depth1, self.num_heads, (2, ws[1], ws[2]), True, self.mlp_ratio,
               self.qkv_bias, self.qk_scale, rates, self.use_checkpoint_attn,
-              self.use_checkpoint_ffn, name="residual_group1")(x, train)
-    x = dense(self.dim, "linear1")(y) + x
+              self.use_checkpoint_ffn, self.dtype, name="residual_group1")(x, train)
+    x = dense(self.dim, "linear1", self.dtype)(y) + x
     # The reference always checkpoints the attention of the self-attention group.
     y = TMSAG(self.dim, self.depth - depth1, self.num_heads, ws, False, self.mlp_ratio,
               self.qkv_bias, self.qk_scale, rates, True,
-              self.use_checkpoint_ffn, name="residual_group2")(x, train)
-    x = dense(self.dim, "linear2")(y) + x
+              self.use_checkpoint_ffn, self.dtype, name="residual_group2")(x, train)
+    x = dense(self.dim, "linear2", self.dtype)(y) + x
 
     if self.pa_frames:
       pa_deform = DCNv2PackFlowGuided(self.dim, self.deformable_groups,
-                                      self.max_residue_magnitude, self.pa_frames,
+                                      self.max_residue_magnitude, self.pa_frames, self.dtype,
                                       name="pa_deform")
       x_backward, x_forward = parallel_warp(x, flows_backward, flows_forward, pa_deform)
-      x = MlpGEGLU(3 * self.dim, self.dim, name="pa_fuse")(
+      x = MlpGEGLU(3 * self.dim, self.dim, self.dtype, name="pa_fuse")(
           jnp.concatenate([x, x_backward, x_forward], axis=-1))
     return x
 
@@ -198,6 +200,9 @@ class VRT(nn.Module):
   use_checkpoint_ffn: bool = False
   no_checkpoint_attn_blocks: Sequence[int] = ()
   no_checkpoint_ffn_blocks: Sequence[int] = ()
+  # Compute dtype (e.g. jnp.bfloat16 on GPU/TPU). Parameters stay float32; SpyNet, flows, warp and
+  # deformable sampling positions, LayerNorm statistics and softmax stay float32; output float32.
+  dtype: Any = jnp.float32
 
   def check_input(self, shape: Sequence[int]) -> None:
     """Raises ValueError unless a clip of this shape is a valid input."""
@@ -244,15 +249,16 @@ class VRT(nn.Module):
     x_backward, x_forward = self.aligned_images(x, flows_backward[0], flows_forward[0])
     x = jnp.concatenate([x, x_backward, x_forward] + ([noise_map] if noise_map is not None
                                                        else []), axis=-1)
-    x = conv_frames(x, self.embed_dims[0], 3, "conv_first")
-    x = x + dense(self.embed_dims[0], "conv_after_body")(
+    dt = self.dtype
+    x = conv_frames(x, self.embed_dims[0], 3, "conv_first", dtype=dt)
+    x = x + dense(self.embed_dims[0], "conv_after_body", dt)(
         self.forward_features(x, flows_backward, flows_forward, train))
     if self.upscale == 1:
-      return conv_frames(x, self.out_chans, 3, "conv_last") + x_lq
+      return conv_frames(x, self.out_chans, 3, "conv_last", dtype=dt).astype(x_lq.dtype) + x_lq
     num_feat = 64
-    x = nn.leaky_relu(conv_frames(x, num_feat, 3, "conv_before_upsample_0"), 0.01)
+    x = nn.leaky_relu(conv_frames(x, num_feat, 3, "conv_before_upsample_0", dtype=dt), 0.01)
     x = self.upsample(x, num_feat)
-    x = conv_frames(x, self.out_chans, 3, "conv_last")
+    x = conv_frames(x, self.out_chans, 3, "conv_last", dtype=dt).astype(x_lq.dtype)
     b, t, h, w, c = x_lq.shape
     skip = resize_bilinear(x_lq.reshape(b * t, h, w, c), x.shape[2:4])
     return x + skip.reshape(b, t, *skip.shape[1:])
@@ -266,21 +272,23 @@ class VRT(nn.Module):
     else:
       raise ValueError(f"upscale {self.upscale} is not supported: use 1, 3 or a power of 2")
     for i, r in enumerate(factors):
-      x = conv_frames(x, r * r * num_feat, 3, f"upsample_{5 * i}")
+      x = conv_frames(x, r * r * num_feat, 3, f"upsample_{5 * i}", dtype=self.dtype)
       x = nn.leaky_relu(pixel_shuffle(x, r), 0.1)
-    return conv_frames(x, num_feat, 3, f"upsample_{5 * len(factors)}")
+    return conv_frames(x, num_feat, 3, f"upsample_{5 * len(factors)}", dtype=self.dtype)
 
   def _interpolate(self, x: jax.Array, train: bool) -> jax.Array:
     x_mean = x.mean(axis=(1, 2, 3), keepdims=True)
-    x = conv_frames(x - x_mean, self.embed_dims[0], 3, "conv_first")
-    x = x + dense(self.embed_dims[0], "conv_after_body")(self.forward_features(x, [], [], train))
+    dt = self.dtype
+    x = conv_frames(x - x_mean, self.embed_dims[0], 3, "conv_first", dtype=dt)
+    x = x + dense(self.embed_dims[0], "conv_after_body", dt)(
+        self.forward_features(x, [], [], train))
     b, t, h, w, c = x.shape
     x = x.transpose(0, 2, 3, 1, 4).reshape(b, h, w, t * c)  # Frames stacked along channels.
-    x = nn.leaky_relu(nn.Conv(64, (1, 1), kernel_init=torch_conv_init(), name="linear_fuse")(x),
-                      0.2)
+    x = nn.leaky_relu(nn.Conv(64, (1, 1), kernel_init=torch_conv_init(), dtype=dt,
+                              name="linear_fuse")(x), 0.2)
     x = jnp.pad(x, ((0, 0), (3, 3), (3, 3), (0, 0)), mode="reflect")
-    x = nn.Conv(self.out_chans, (7, 7), padding="VALID", kernel_init=torch_conv_init(),
-                name="conv_last")(x)
+    x = nn.Conv(self.out_chans, (7, 7), padding="VALID", kernel_init=torch_conv_init(), dtype=dt,
+                name="conv_last")(x).astype(x_mean.dtype)
     x = x.reshape(b, h, w, self.out_chans // 3, 3).transpose(0, 3, 1, 2, 4)
     return x + x_mean
 
@@ -344,7 +352,7 @@ class VRT(nn.Module):
           drop_path=tuple(dpr[sum(depths[:i]):sum(depths[:i + 1])]), pa_frames=self.pa_frames,
           deformable_groups=self.deformable_groups, reshape=RESHAPES[i],
           max_residue_magnitude=10 / SCALES[i], use_checkpoint_attn=ckpt_attn[i],
-          use_checkpoint_ffn=ckpt_ffn[i], name=f"stage{i + 1}",
+          use_checkpoint_ffn=ckpt_ffn[i], dtype=self.dtype, name=f"stage{i + 1}",
       )(inp, flows_backward[level[i]::4], flows_forward[level[i]::4], train)
 
     x1 = stage(0, x)
@@ -356,10 +364,10 @@ class VRT(nn.Module):
     x = stage(6, x + x2)
     x = x + x1
 
-    x = dense(self.embed_dims[7], "stage8_0_2")(layer_norm("stage8_0_1")(x))
+    x = dense(self.embed_dims[7], "stage8_0_2", self.dtype)(layer_norm("stage8_0_1", self.dtype)(x))
     for i in range(7, len(depths)):
       window = (1, ws[1], ws[2]) if i in self.indep_reconsts else ws
       x = RTMSA(self.embed_dims[i], depths[i], self.num_heads[i], window, self.mlp_ratio,
                 self.qkv_bias, self.qk_scale, tuple(dpr[sum(depths[:i]):sum(depths[:i + 1])]),
-                ckpt_attn[i], ckpt_ffn[i], name=f"stage8_{i - 6}")(x, train)
-    return layer_norm("norm")(x)
+                ckpt_attn[i], ckpt_ffn[i], self.dtype, name=f"stage8_{i - 6}")(x, train)
+    return layer_norm("norm", self.dtype)(x)

@@ -1,0 +1,189 @@
+"""Shared pieces of the benchmark scripts: worker subprocesses, parameters, the result table.
+
+Every measurement runs in a fresh subprocess (one per measurement) so that its peak resident set
+size is its own: the vrt-jax worker runs under this interpreter, the PyTorch reference worker under
+the interpreter given by --ref_python with the reference imported from --ref at run time (no
+reference code lives in this repository). Both are pinned to the same CPUs and thread count.
+
+This module imports neither jax nor torch at import time: the reference worker runs in a
+different virtual environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+RESULT_TAG = "BENCH_RESULT "
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+  """'1,6,64,64,3' -> (1, 6, 64, 64, 3): (B, T, H, W, C), channels-last."""
+  shape = tuple(int(s) for s in text.split(","))
+  if len(shape) != 5:
+    raise ValueError(f"--shape must be B,T,H,W,C (5 integers), got {text!r}")
+  return shape
+
+
+def pin_threads(threads: int) -> None:
+  """Restricts this process to the first `threads` CPUs (before jax / torch start their pools).
+
+  XLA's CPU backend sizes its thread pool from the CPUs the process may run on, so CPU affinity is
+  how both frameworks get the same number of threads; torch additionally gets set_num_threads.
+  """
+  if threads <= 0:
+    return
+  cpus = sorted(os.sched_getaffinity(0))
+  if threads > len(cpus):
+    raise ValueError(f"--threads {threads} > the {len(cpus)} CPUs available")
+  os.sched_setaffinity(0, cpus[:threads])
+  for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ[var] = str(threads)
+
+
+def peak_rss_mib() -> float:
+  """Peak resident set size of this process so far, in MiB (Linux ru_maxrss is in KiB)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def malloc_trim() -> None:
+  """Returns freed heap memory to the OS (glibc); no-op elsewhere."""
+  import ctypes
+  import gc
+
+  gc.collect()
+  try:
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+  except (OSError, AttributeError):
+    pass
+
+
+def time_calls(fn: Callable[[], Any], runs: int) -> tuple[float, list[float]]:
+  """Calls fn once (first call: compile + run), then `runs` times; returns (first, steady list)."""
+  t0 = time.perf_counter()
+  fn()
+  first = time.perf_counter() - t0
+  steady = []
+  for _ in range(runs):
+    t0 = time.perf_counter()
+    fn()
+    steady.append(time.perf_counter() - t0)
+  return first, steady
+
+
+def emit(result: dict[str, Any]) -> None:
+  """Prints a worker's result as one tagged JSON line for the parent to pick up."""
+  result = dict(result, peak_rss_mib=peak_rss_mib())
+  print(RESULT_TAG + json.dumps(result), flush=True)
+
+
+def run_worker(cmd: Sequence[str], timeout: float | None = None) -> dict[str, Any]:
+  """Runs one measurement subprocess and returns its tagged result (raises with its log)."""
+  proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout)
+  for line in proc.stdout.splitlines():
+    if line.startswith(RESULT_TAG):
+      return json.loads(line[len(RESULT_TAG):])
+  raise RuntimeError(f"benchmark worker failed (exit {proc.returncode}): {shlex.join(cmd)}\n"
+                     f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+
+
+def machine_description(threads: int) -> str:
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          cpu = line.split(":", 1)[1].strip()
+          break
+  except OSError:
+    pass
+  load = os.getloadavg()
+  return (f"{cpu}, {os.cpu_count()} CPUs, {threads} threads used; load average before the run "
+          f"{load[0]:.2f}")
+
+
+def median(xs: Sequence[float]) -> float:
+  return statistics.median(xs)
+
+
+def print_table(rows: list[dict[str, Any]], columns: Sequence[tuple[str, str, str]],
+                ref_row: dict[str, Any] | None) -> None:
+  """Markdown table; with a reference row, ratio rows (ours / reference) for each timing column.
+
+  columns: (key, header, format) triples.
+  """
+  print("| " + " | ".join(h for _, h, _ in columns) + " |")
+  print("|" + "---|" * len(columns))
+  for row in rows:
+    cells = []
+    for key, _, fmt in columns:
+      v = row.get(key)
+      cells.append("-" if v is None else (fmt.format(v) if fmt else str(v)))
+    print("| " + " | ".join(cells) + " |")
+  if ref_row is None:
+    return
+  for row in rows:
+    if row is ref_row:
+      continue
+    cells = []
+    for key, _, fmt in columns:
+      a, b = row.get(key), ref_row.get(key)
+      if key == "impl":
+        cells.append(f"ratio {row['impl']} / {ref_row['impl']}")
+      elif isinstance(a, float) and isinstance(b, float) and b > 0 and fmt:
+        cells.append(f"{a / b:.2f}x")
+      else:
+        cells.append("")
+    print("| " + " | ".join(cells) + " |")
+
+
+def reproduce_line() -> str:
+  return "python " + shlex.join(sys.argv)
+
+
+def jax_random_variables(model: Any, x: Any, seed: int = 0) -> Any:
+  """Random float32 variables of the right shapes without compiling `model.init`.
+
+  `jax.jit(model.init)` traces and compiles the whole network (as slow as the forward's first
+  call); the shapes come from `jax.eval_shape` instead and the values from numpy: kernels
+  U(-1/sqrt(fan_in), 1/sqrt(fan_in)) like PyTorch's default init, LayerNorm scales 1, biases 0,
+  other parameters N(0, 0.02). The benchmark times the network, not its weights.
+  """
+  import jax
+  import numpy as np
+
+  shapes = jax.eval_shape(model.init, jax.random.key(0), x)
+  rng = np.random.default_rng(seed)
+
+  def fill(path, s):
+    name = str(getattr(path[-1], "key", path[-1]))
+    if name == "bias":
+      return np.zeros(s.shape, s.dtype)
+    if name == "scale":
+      return np.ones(s.shape, s.dtype)
+    if name == "kernel" or name.endswith("kernel"):
+      bound = 1 / np.sqrt(max(1, int(np.prod(s.shape[:-1]))))
+      return rng.uniform(-bound, bound, s.shape).astype(s.dtype)
+    return (0.02 * rng.standard_normal(s.shape)).astype(s.dtype)
+
+  return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def torch_reference_model(ref: str, kwargs: dict[str, Any]) -> Any:
+  """The official PyTorch VRT built from `ref`/models/network_vrt.py (imported at run time)."""
+  sys.path.insert(0, os.path.abspath(ref))
+  import warnings
+
+  warnings.filterwarnings("ignore")
+  from models.network_vrt import VRT  # noqa: PLC0415 (the reference checkout, not this repo)
+
+  return VRT(**kwargs)

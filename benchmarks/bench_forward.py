@@ -1,0 +1,152 @@
+"""Forward (inference) speed and peak memory of vrt-jax, optionally against the PyTorch reference.
+
+  python benchmarks/bench_forward.py --preset 001_VRT_videosr_bi_REDS_6frames \
+      --shape 1,6,64,64,3 --threads 2 --runs 3 \
+      --ref /tmp/ref --ref_python /work/tvenv/bin/python
+
+Each measurement runs in its own subprocess (peak RSS is per process), all in this one
+invocation so the ratio is taken on the same machine state. Columns: first call (vrt-jax: trace +
+compile + one run; PyTorch: the first eager run), the median and min of `--runs` further calls, and
+the process's peak resident set size (host memory, including the framework and the weights). The
+reference is imported from `--ref` (a checkout of the official VRT with models/network_vrt.py) at
+run time and runs under `torch.no_grad()` in eval mode with torch.set_num_threads(--threads).
+Weights are random (timing does not depend on them). On GPU the JAX worker also reports the
+device's peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import _common as common  # noqa: E402
+
+COLUMNS = (("impl", "implementation", ""), ("preset", "preset", ""), ("shape", "input", ""),
+           ("dtype", "dtype", ""), ("first_s", "first call (s)", "{:.1f}"),
+           ("median_s", "median (s)", "{:.2f}"), ("min_s", "min (s)", "{:.2f}"),
+           ("peak_rss_mib", "peak RSS (MiB)", "{:.0f}"),
+           ("device_peak_mib", "device peak (MiB)", "{:.0f}"))
+
+
+def jax_worker(args: argparse.Namespace) -> None:
+  common.pin_threads(args.threads)
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  import vrt_jax
+
+  shape = common.parse_shape(args.shape)
+  kwargs = vrt_jax.presets.get_preset(args.preset)
+  if args.dtype != "float32":
+    kwargs["dtype"] = jnp.dtype(args.dtype)
+  model = vrt_jax.VRT(**kwargs)
+  x = jnp.asarray(np.random.default_rng(0).random(shape, np.float32))
+  variables = jax.device_put(common.jax_random_variables(model, x))
+  fn = jax.jit(lambda v, x: model.apply(v, x))
+  if args.trim_after_compile:
+    # Ahead-of-time compile, then hand the compiler's freed heap back to the OS before running
+    # (glibc keeps it otherwise, and it would count in the peak RSS of the run).
+    t0 = time.perf_counter()
+    compiled = fn.lower(variables, x).compile()
+    common.malloc_trim()
+    compile_s = time.perf_counter() - t0
+    first, steady = common.time_calls(lambda: jax.block_until_ready(compiled(variables, x)),
+                                      args.runs)
+    first += compile_s
+  else:
+    first, steady = common.time_calls(lambda: jax.block_until_ready(fn(variables, x)), args.runs)
+  impl = f"vrt-jax ({jax.default_backend()}{', trim' if args.trim_after_compile else ''})"
+  result = dict(impl=impl, preset=args.preset, shape=args.shape, dtype=args.dtype,
+                first_s=first, median_s=common.median(steady), min_s=min(steady), runs=steady)
+  stats = jax.devices()[0].memory_stats() or {}
+  if "peak_bytes_in_use" in stats:
+    result["device_peak_mib"] = stats["peak_bytes_in_use"] / 2**20
+  common.emit(result)
+
+
+def torch_worker(args: argparse.Namespace) -> None:
+  common.pin_threads(args.threads)
+  import json
+
+  import torch
+
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  kwargs = json.loads(args.kwargs)
+  torch.set_num_threads(args.threads)
+  torch.manual_seed(0)
+  model = common.torch_reference_model(args.ref, kwargs).eval()
+  b, t, h, w, c = common.parse_shape(args.shape)
+  x = torch.rand(b, t, c, h, w)
+
+  def call():
+    with torch.no_grad():
+      model(x)
+
+  first, steady = common.time_calls(call, args.runs)
+  common.emit(dict(impl=f"PyTorch reference (torch {torch.__version__})", preset=args.preset,
+                   shape=args.shape, dtype="float32", first_s=first,
+                   median_s=common.median(steady), min_s=min(steady), runs=steady))
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--preset", default="001_VRT_videosr_bi_REDS_6frames",
+                      help="official model name (vrt_jax.presets.PRESETS); comma-separated list ok")
+  parser.add_argument("--shape", default="1,6,64,64,3", help="input B,T,H,W,C (channels-last)")
+  parser.add_argument("--runs", type=int, default=3, help="timed calls after the first (>= 3)")
+  parser.add_argument("--threads", type=int, default=2, help="CPUs / threads for both (0: all)")
+  parser.add_argument("--dtype", default="float32",
+                      help="vrt-jax compute dtype(s), comma-separated (float32, bfloat16)")
+  parser.add_argument("--ref", default="", help="official VRT checkout (models/network_vrt.py)")
+  parser.add_argument("--ref_python", default="/work/tvenv/bin/python",
+                      help="interpreter with torch + torchvision + einops for the reference")
+  parser.add_argument("--trim_after_compile", action="store_true",
+                      help="vrt-jax: compile ahead of time, then glibc malloc_trim(0), then run")
+  parser.add_argument("--skip_jax", action="store_true", help="only measure the reference")
+  parser.add_argument("--worker", choices=("jax", "torch"), help=argparse.SUPPRESS)
+  parser.add_argument("--kwargs", default="{}", help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.worker == "jax":
+    return jax_worker(args)
+  if args.worker == "torch":
+    return torch_worker(args)
+  if args.runs < 1:
+    raise ValueError(f"--runs must be >= 1, got {args.runs}")
+
+  import json
+
+  from vrt_jax import presets  # Plain dicts; no jax import needed.
+
+  print(f"# machine: {common.machine_description(args.threads)}", flush=True)
+  script = os.path.abspath(__file__)
+  base = ["--shape", args.shape, "--runs", str(args.runs), "--threads", str(args.threads)]
+  jax_extra = ["--trim_after_compile"] if args.trim_after_compile else []
+  rows = []
+  for preset in args.preset.split(","):
+    ref_row = None
+    if not args.skip_jax:
+      for dtype in args.dtype.split(","):
+        print(f"# vrt-jax {preset} {dtype} ...", flush=True)
+        rows.append(common.run_worker([sys.executable, script, "--worker", "jax", "--preset",
+                                       preset, "--dtype", dtype, *base, *jax_extra]))
+    if args.ref:
+      print(f"# PyTorch reference {preset} ...", flush=True)
+      kwargs = json.dumps(presets.get_preset(preset))
+      ref_row = common.run_worker([args.ref_python, script, "--worker", "torch", "--preset",
+                                   preset, "--ref", args.ref, "--kwargs", kwargs, *base])
+      rows.append(ref_row)
+    print()
+    preset_rows = [r for r in rows if r["preset"] == preset]
+    common.print_table(preset_rows, COLUMNS, ref_row)
+    print()
+  print(f"reproduce: {common.reproduce_line()}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,168 @@
+"""Training-step speed and peak memory of vrt-jax, optionally against the PyTorch reference.
+
+  python benchmarks/bench_train.py --preset 006_VRT_videodeblurring_GoPro \
+      --shape 1,6,64,64,3 --threads 2 --runs 3 \
+      --ref /tmp/ref --ref_python /work/tvenv/bin/python
+
+One step = forward in training mode (stochastic depth on) + Charbonnier loss (KAIR's,
+eps 1e-9) + backward + Adam update (lr 4e-4, betas (0.9, 0.99): optax.adam / torch.optim.Adam)
+of all parameters. `--shape` is the low-quality input (B, T, H, W, C); the target is
+upscale times larger. Each measurement runs in its own subprocess (peak RSS per process) in this
+one invocation, pinned to the same CPUs and thread count. First call = vrt-jax trace + compile +
+one step, or PyTorch's first eager step; then the median / min of `--runs` steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import _common as common  # noqa: E402
+
+COLUMNS = (("impl", "implementation", ""), ("preset", "preset", ""), ("shape", "input", ""),
+           ("dtype", "dtype", ""), ("first_s", "first step (s)", "{:.1f}"),
+           ("median_s", "median step (s)", "{:.2f}"), ("min_s", "min (s)", "{:.2f}"),
+           ("peak_rss_mib", "peak RSS (MiB)", "{:.0f}"),
+           ("device_peak_mib", "device peak (MiB)", "{:.0f}"))
+LR, BETAS, EPS = 4e-4, (0.9, 0.99), 1e-9
+
+
+def jax_worker(args: argparse.Namespace) -> None:
+  common.pin_threads(args.threads)
+  import json
+
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import optax
+
+  import vrt_jax
+
+  b, t, h, w, c = common.parse_shape(args.shape)
+  kwargs = {**vrt_jax.presets.get_preset(args.preset), **json.loads(args.overrides)}
+  if args.dtype != "float32":
+    kwargs["dtype"] = jnp.dtype(args.dtype)
+  model = vrt_jax.VRT(**kwargs)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.random((b, t, h, w, c), np.float32))
+  s = model.upscale
+  gt = jnp.asarray(rng.random((b, t, s * h, s * w, model.out_chans), np.float32))
+  params = jax.device_put(common.jax_random_variables(model, x)["params"])
+  tx = optax.adam(LR, b1=BETAS[0], b2=BETAS[1])
+  opt_state = tx.init(params)
+
+  def loss_fn(p, key):
+    out = model.apply({"params": p}, x, train=True, rngs={"dropout": key})
+    return jnp.mean(jnp.sqrt(jnp.square(out - gt) + EPS))
+
+  @jax.jit
+  def step(p, o, key):
+    loss, grads = jax.value_and_grad(loss_fn)(p, key)
+    updates, o = tx.update(grads, o, p)
+    return optax.apply_updates(p, updates), o, loss
+
+  state = {"p": params, "o": opt_state, "key": jax.random.key(0)}
+
+  def call():
+    state["key"], sub = jax.random.split(state["key"])
+    state["p"], state["o"], loss = step(state["p"], state["o"], sub)
+    jax.block_until_ready(loss)
+
+  first, steady = common.time_calls(call, args.runs)
+  result = dict(impl=f"vrt-jax ({jax.default_backend()})", preset=args.preset, shape=args.shape,
+                dtype=args.dtype, first_s=first, median_s=common.median(steady),
+                min_s=min(steady), runs=steady)
+  stats = jax.devices()[0].memory_stats() or {}
+  if "peak_bytes_in_use" in stats:
+    result["device_peak_mib"] = stats["peak_bytes_in_use"] / 2**20
+  common.emit(result)
+
+
+def torch_worker(args: argparse.Namespace) -> None:
+  common.pin_threads(args.threads)
+  import json
+
+  import torch
+
+  kwargs = json.loads(args.kwargs)
+  torch.set_num_threads(args.threads)
+  torch.manual_seed(0)
+  model = common.torch_reference_model(args.ref, kwargs).train()
+  b, t, h, w, c = common.parse_shape(args.shape)
+  s = kwargs.get("upscale", 4)
+  x = torch.rand(b, t, c, h, w)
+  gt = torch.rand(b, t, kwargs.get("out_chans", 3), s * h, s * w)
+  opt = torch.optim.Adam(model.parameters(), lr=LR, betas=BETAS)
+
+  def call():
+    opt.zero_grad(set_to_none=True)
+    loss = torch.mean(torch.sqrt((model(x) - gt) ** 2 + EPS))
+    loss.backward()
+    opt.step()
+
+  first, steady = common.time_calls(call, args.runs)
+  common.emit(dict(impl=f"PyTorch reference (torch {torch.__version__})", preset=args.preset,
+                   shape=args.shape, dtype="float32", first_s=first,
+                   median_s=common.median(steady), min_s=min(steady), runs=steady))
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--preset", default="006_VRT_videodeblurring_GoPro",
+                      help="official model name (vrt_jax.presets.PRESETS); comma-separated list ok")
+  parser.add_argument("--shape", default="1,6,64,64,3", help="input B,T,H,W,C (channels-last)")
+  parser.add_argument("--runs", type=int, default=3, help="timed steps after the first (>= 3)")
+  parser.add_argument("--threads", type=int, default=2, help="CPUs / threads for both (0: all)")
+  parser.add_argument("--dtype", default="float32",
+                      help="vrt-jax compute dtype(s), comma-separated (float32, bfloat16)")
+  parser.add_argument("--ref", default="", help="official VRT checkout (models/network_vrt.py)")
+  parser.add_argument("--ref_python", default="/work/tvenv/bin/python",
+                      help="interpreter with torch + torchvision + einops for the reference")
+  parser.add_argument("--overrides", default="{}",
+                      help='VRT kwargs over the preset for both, e.g. \'{"use_checkpoint_attn": '
+                      'true, "use_checkpoint_ffn": true}\' (rematerialisation)')
+  parser.add_argument("--skip_jax", action="store_true", help="only measure the reference")
+  parser.add_argument("--worker", choices=("jax", "torch"), help=argparse.SUPPRESS)
+  parser.add_argument("--kwargs", default="{}", help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.worker == "jax":
+    return jax_worker(args)
+  if args.worker == "torch":
+    return torch_worker(args)
+  if args.runs < 1:
+    raise ValueError(f"--runs must be >= 1, got {args.runs}")
+
+  import json
+
+  from vrt_jax import presets
+
+  print(f"# machine: {common.machine_description(args.threads)}", flush=True)
+  script = os.path.abspath(__file__)
+  base = ["--shape", args.shape, "--runs", str(args.runs), "--threads", str(args.threads),
+          "--overrides", args.overrides]
+  rows = []
+  for preset in args.preset.split(","):
+    ref_row = None
+    if not args.skip_jax:
+      for dtype in args.dtype.split(","):
+        print(f"# vrt-jax train step {preset} {dtype} ...", flush=True)
+        rows.append(common.run_worker([sys.executable, script, "--worker", "jax", "--preset",
+                                       preset, "--dtype", dtype, *base]))
+    if args.ref:
+      print(f"# PyTorch reference train step {preset} ...", flush=True)
+      kwargs = json.dumps({**presets.get_preset(preset), **json.loads(args.overrides)})
+      ref_row = common.run_worker([args.ref_python, script, "--worker", "torch", "--preset",
+                                   preset, "--ref", args.ref, "--kwargs", kwargs, *base])
+      rows.append(ref_row)
+    print()
+    common.print_table([r for r in rows if r["preset"] == preset], COLUMNS, ref_row)
+    print()
+  print(f"reproduce: {common.reproduce_line()}")
+
+
+if __name__ == "__main__":
+  main()
