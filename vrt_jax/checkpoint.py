@@ -115,9 +115,7 @@ def example_input(model: Any) -> jax.ShapeDtypeStruct:
 
 def abstract_params(model: Any) -> Any:
   """Shapes and dtypes of `model`'s params (no computation), as jax.ShapeDtypeStruct leaves."""
-  from vrt_jax import convert  # One definition of the model's parameter tree.
-
-  return convert.abstract_params(model)
+  return jax.eval_shape(model.init, jax.random.key(0), example_input(model))["params"]
 
 
 def export_params(directory: str, params: Any, model_kwargs: dict[str, Any],
