@@ -11,6 +11,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
@@ -38,6 +39,17 @@ def maybe_initialize_distributed(coordinator_address: str = "", num_processes: i
                                num_processes=num_processes, process_id=process_id)
   elif os.environ.get("JAX_DISTRIBUTED", "") == "1":
     jax.distributed.initialize()
+
+
+def sync_processes(name: str, timeout_s: int = 1800) -> None:
+  """Waits until every process reaches `name` (a no-op for one process).
+
+  Called after process-local work whose duration differs between hosts (compiling, validation):
+  a collective entered by one process waits only briefly for the others (gloo on CPU gives up
+  after 30 s), whereas this barrier waits `timeout_s`. Names must be unique within a run.
+  """
+  if jax.process_count() > 1:
+    ocp.multihost.sync_global_processes(f"vrt_jax_{name}", timeout=timeout_s)
 
 
 def make_mesh(config: ml_collections.ConfigDict) -> Mesh:

@@ -96,7 +96,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # Initialisation runs once; on CPU, XLA's optimisation passes cost far more than they save.
     options = ({"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
                if jax.default_backend() == "cpu" else None)
-    state = init_fn.compile(options)(init_rng)
+    init_fn = init_fn.compile(options)
+    sharding.sync_processes("compiled_init")
+    state = init_fn(init_rng)
     if config.init_from:
       logging.info("Initialising params from %s", config.init_from)
       source = model
@@ -147,6 +149,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                       in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
                       out_shardings=(state_sharding, replicated), donate_argnums=0)
       for frozen in (True, False)}
+  compiled: dict[bool, Any] = {}  # Compiled ahead of their first run: see sync_processes.
 
   # ----------------------------------------------------------------- the loop
   total = int(config.total_steps)
@@ -161,7 +164,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   try:
     for step in range(start + 1, total + 1):
       batch = sharding.make_global_batch(next(data_iter), mesh)
-      state, step_metrics = step_fns[step - 1 < fix_iter](state, batch)
+      frozen = step - 1 < fix_iter
+      if frozen not in compiled:
+        compiled[frozen] = step_fns[frozen].lower(state, batch).compile()
+        sharding.sync_processes(f"compiled_step_{step}")
+      state, step_metrics = compiled[frozen](state, batch)
       pending.append((step, step_metrics))
       pbar.update(1)
 
@@ -222,6 +229,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         val = evaluate(model, jax.device_get(state["params"]), val_clips, config,
                        sample_path=sample)
         logging.info("step %d: %s", step, val)
+        sharding.sync_processes(f"validated_{step}")
         record.update({"step": step, **val})
       if record:
         metrics_log.write(record)
