@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vrt_jax import memory
 from vrt_jax.spynet import torch_conv_init
 
 
@@ -170,7 +171,9 @@ def _attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: float,
 
   xs = (to_windows(q), to_windows(k), to_windows(v))
   if labels is not None:
-    xs += (jnp.asarray(labels),)
+    xs += (memory.after(jnp.asarray(labels), q),)
+  if bias is not None:
+    bias = memory.after(bias, q)
   step_bytes = b * nh * n * n * 4
   chunk = max(1, min(nw, _LOGITS_BYTES_PER_STEP // step_bytes))
   while nw % chunk:
@@ -178,7 +181,7 @@ def _attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: float,
   if chunk == nw or nw * step_bytes <= _LOGITS_BYTES_NO_LOOP:
     out = jax.vmap(body)(xs)
   else:
-    out = jax.lax.map(body, xs, batch_size=chunk)  # (nW, B, N, heads, hd)
+    out = memory.map_chunks(jax.vmap(body), xs, chunk)  # (nW, B, N, heads, hd)
   return out.swapaxes(0, 1).reshape(b_, n, nh * hd)
 
 

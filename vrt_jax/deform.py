@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vrt_jax import memory
 from vrt_jax.spynet import torch_conv_init
 
 # Upper bound on the im2col columns materialised at once (bytes); see _deform_conv_1group.
@@ -59,12 +60,13 @@ def modulated_deform_conv(x: jax.Array, offset: jax.Array, mask: jax.Array, kern
 def _deform_conv_1group(x: jax.Array, offset: jax.Array, mask: jax.Array, kernel: jax.Array,
                         dg: int) -> jax.Array:
   n, h, w, cin = x.shape
-  # Bound the (N, H, W, 9 * Cin) columns: a few frames at a time (static slices, no loop).
+  # Bound the (N, H, W, 9 * Cin) columns: a few frames at a time.
   step = max(1, _COLUMN_BYTES // (h * w * 9 * cin * 4))
   if step < n:
-    return jnp.concatenate([
-        _deform_conv_1group(x[i:i + step], offset[i:i + step], mask[i:i + step], kernel, dg)
-        for i in range(0, n, step)])
+    while n % step:
+      step -= 1
+    return memory.map_chunks(lambda a: _deform_conv_1group(*a, kernel, dg), (x, offset, mask),
+                             step)
   cols = _deform_columns(x, offset, mask, dg).reshape(n * h * w, 9 * cin)
   # (k, Cin)-major columns against the (3, 3, Cin, Cout) kernel: one 2-D matmul.
   out = jnp.dot(cols, kernel.reshape(9 * cin, -1).astype(cols.dtype),
