@@ -55,18 +55,6 @@ def peak_rss_mib() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def malloc_trim() -> None:
-  """Returns freed heap memory to the OS (glibc); no-op elsewhere."""
-  import ctypes
-  import gc
-
-  gc.collect()
-  try:
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-  except (OSError, AttributeError):
-    pass
-
-
 def time_calls(fn: Callable[[], Any], runs: int) -> tuple[float, list[float]]:
   """Calls fn once (first call: compile + run), then `runs` times; returns (first, steady list)."""
   t0 = time.perf_counter()

@@ -7,7 +7,9 @@
 Each measurement runs in its own subprocess (peak RSS is per process), all in this one
 invocation so the ratio is taken on the same machine state. Columns: first call (vrt-jax: trace +
 compile + one run; PyTorch: the first eager run), the median and min of `--runs` further calls, and
-the process's peak resident set size (host memory, including the framework and the weights). The
+the process's peak resident set size (host memory, including the framework and the weights).
+vrt-jax runs through `vrt_jax.inference.make_apply_fn`, as restore and eval do: compiled ahead of
+time, then the compiler's freed heap returned to the OS (`--plain_jit` times `jax.jit` alone). The
 reference is imported from `--ref` (a checkout of the official VRT with models/network_vrt.py) at
 run time and runs under `torch.no_grad()` in eval mode with torch.set_num_threads(--threads).
 Weights are random (timing does not depend on them). On GPU the JAX worker also reports the
@@ -19,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -40,6 +41,7 @@ def jax_worker(args: argparse.Namespace) -> None:
   import numpy as np
 
   import vrt_jax
+  from vrt_jax import inference
 
   shape = common.parse_shape(args.shape)
   kwargs = vrt_jax.presets.get_preset(args.preset)
@@ -48,20 +50,12 @@ def jax_worker(args: argparse.Namespace) -> None:
   model = vrt_jax.VRT(**kwargs)
   x = jnp.asarray(np.random.default_rng(0).random(shape, np.float32))
   variables = jax.device_put(common.jax_random_variables(model, x))
-  fn = jax.jit(lambda v, x: model.apply(v, x))
-  if args.trim_after_compile:
-    # Ahead-of-time compile, then hand the compiler's freed heap back to the OS before running
-    # (glibc keeps it otherwise, and it would count in the peak RSS of the run).
-    t0 = time.perf_counter()
-    compiled = fn.lower(variables, x).compile()
-    common.malloc_trim()
-    compile_s = time.perf_counter() - t0
-    first, steady = common.time_calls(lambda: jax.block_until_ready(compiled(variables, x)),
-                                      args.runs)
-    first += compile_s
-  else:
-    first, steady = common.time_calls(lambda: jax.block_until_ready(fn(variables, x)), args.runs)
-  impl = f"vrt-jax ({jax.default_backend()}{', trim' if args.trim_after_compile else ''})"
+  if args.plain_jit:
+    fn = jax.jit(lambda v, x: model.apply(v, x))
+  else:  # What restore / eval use: compiled ahead of time, then the compiler's heap released.
+    fn = inference.make_apply_fn(model)
+  first, steady = common.time_calls(lambda: jax.block_until_ready(fn(variables, x)), args.runs)
+  impl = f"vrt-jax ({jax.default_backend()}{', plain jit' if args.plain_jit else ''})"
   result = dict(impl=impl, preset=args.preset, shape=args.shape, dtype=args.dtype,
                 first_s=first, median_s=common.median(steady), min_s=min(steady), runs=steady)
   stats = jax.devices()[0].memory_stats() or {}
@@ -106,8 +100,9 @@ def main() -> None:
   parser.add_argument("--ref", default="", help="official VRT checkout (models/network_vrt.py)")
   parser.add_argument("--ref_python", default="/work/tvenv/bin/python",
                       help="interpreter with torch + torchvision + einops for the reference")
-  parser.add_argument("--trim_after_compile", action="store_true",
-                      help="vrt-jax: compile ahead of time, then glibc malloc_trim(0), then run")
+  parser.add_argument("--plain_jit", action="store_true",
+                      help="vrt-jax: time jax.jit(model.apply) instead of "
+                           "vrt_jax.inference.make_apply_fn (no heap release after compiling)")
   parser.add_argument("--skip_jax", action="store_true", help="only measure the reference")
   parser.add_argument("--worker", choices=("jax", "torch"), help=argparse.SUPPRESS)
   parser.add_argument("--kwargs", default="{}", help=argparse.SUPPRESS)
@@ -126,7 +121,7 @@ def main() -> None:
   print(f"# machine: {common.machine_description(args.threads)}", flush=True)
   script = os.path.abspath(__file__)
   base = ["--shape", args.shape, "--runs", str(args.runs), "--threads", str(args.threads)]
-  jax_extra = ["--trim_after_compile"] if args.trim_after_compile else []
+  jax_extra = ["--plain_jit"] if args.plain_jit else []
   rows = []
   for preset in args.preset.split(","):
     ref_row = None

@@ -214,7 +214,7 @@ def test_one_compilation_for_all_tiles_and_streaming_resume():
   apply_fn = inference.make_apply_fn(model)
   got = inference.restore(model, variables, lq, tile=(4, 16, 16), tile_overlap=(1, 4, 4),
                           apply_fn=apply_fn, progress=False)
-  assert apply_fn._cache_size() == 1  # 5 temporal x 3 x 4 spatial tiles, one shape
+  assert len(apply_fn.compiled) == 1  # 5 temporal x 3 x 4 spatial tiles, one shape
   want = oracle_test_video(lq, lambda x: model.apply(variables, x), tile=(4, 16, 16),
                            overlap=(1, 4, 4), window=(2, 8, 8), sf=1, nonblind=False)
   np.testing.assert_allclose(got, want, atol=1e-5)
@@ -305,4 +305,4 @@ def test_tiny_vrt_tiled_matches_reference_procedure():
   got = inference.restore(model, variables, small, tile=(6, 64, 64), tile_overlap=(2, 16, 16),
                           apply_fn=apply_fn, progress=False)
   np.testing.assert_array_equal(got, np.asarray(apply_fn(variables, padded))[:, :5, :60, :60])
-  assert apply_fn._cache_size() == 1  # every tile had the same shape
+  assert len(apply_fn.compiled) == 1  # every tile had the same shape

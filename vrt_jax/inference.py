@@ -45,10 +45,11 @@ import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
+
+from vrt_jax import memory
 
 # Noisy denoising inputs are not clipped, so allow some slack around [0, 1] before calling the
 # input mis-scaled; a 0-255 image is far outside this.
@@ -153,8 +154,9 @@ def check_clip(lq: Any, in_channels: int, *, name: str = "lq") -> np.ndarray:
 
 
 def make_apply_fn(model: Any) -> Callable[[Any, np.ndarray], np.ndarray]:
-  """One jitted eval forward pass; equal tile shapes share its single compilation."""
-  return jax.jit(lambda variables, x: model.apply(variables, x))
+  """One jitted eval forward pass; equal tile shapes share its single compilation (after which
+  the compiler's scratch memory goes back to the OS)."""
+  return memory.CompiledPerShape(lambda variables, x: model.apply(variables, x))
 
 
 class _Restorer:

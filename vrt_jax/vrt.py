@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vrt_jax import memory
 from vrt_jax.deform import DCNv2PackFlowGuided
 from vrt_jax.spynet import SpyNet, torch_conv_init
 from vrt_jax.tmsa import RTMSA, TMSAG, MlpGEGLU, dense, layer_norm
@@ -23,6 +24,8 @@ from vrt_jax.warp import flow_warp, nearest4_warp, resize_bilinear
 
 SCALES = (1, 2, 4, 8, 4, 2, 1)
 RESHAPES = ("none", "down", "down", "down", "up", "up", "up")
+# Upper bound on the SR head's full-resolution activations held at once (bytes).
+_HEAD_BYTES = 64 << 20
 
 
 def conv_frames(x: jax.Array, features: int, kernel: int, name: str, padding: int | str = 1,
@@ -255,26 +258,40 @@ class VRT(nn.Module):
         self.forward_features(x, flows_backward, flows_forward, train))
     if self.upscale == 1:
       return conv_frames(x, self.out_chans, 3, "conv_last", dtype=dt).astype(x_lq.dtype) + x_lq
-    num_feat = 64
-    x = nn.leaky_relu(conv_frames(x, num_feat, 3, "conv_before_upsample_0", dtype=dt), 0.01)
-    x = self.upsample(x, num_feat)
-    x = conv_frames(x, self.out_chans, 3, "conv_last", dtype=dt).astype(x_lq.dtype)
+    num_feat, factors = 64, self.upsample_factors()
+    specs = [("conv_before_upsample_0", num_feat),
+             *[(f"upsample_{5 * i}", r * r * num_feat) for i, r in enumerate(factors)],
+             (f"upsample_{5 * len(factors)}", num_feat), ("conv_last", self.out_chans)]
+    convs = {name: nn.Conv(f, (3, 3), padding=1, kernel_init=torch_conv_init(), dtype=dt,
+                           name=name) for name, f in specs}
     b, t, h, w, c = x_lq.shape
-    skip = resize_bilinear(x_lq.reshape(b * t, h, w, c), x.shape[2:4])
-    return x + skip.reshape(b, t, *skip.shape[1:])
+    size = (h * self.upscale, w * self.upscale)
 
-  def upsample(self, x: jax.Array, num_feat: int) -> jax.Array:
-    """Conv + PixelShuffle(2) + LeakyReLU(0.1) per factor 2 (or once for 3), then a conv."""
+    def head(xs):  # (N, h, w, C) features and (N, h, w, 3) frames -> (N, H, W, 3)
+      f, lq = xs
+      f = nn.leaky_relu(convs["conv_before_upsample_0"](f), 0.01)
+      for i, r in enumerate(factors):  # Conv + PixelShuffle(r) + LeakyReLU(0.1) per factor.
+        f = nn.leaky_relu(pixel_shuffle(convs[f"upsample_{5 * i}"](f), r), 0.1)
+      f = convs[f"upsample_{5 * len(factors)}"](f)
+      return convs["conv_last"](f).astype(lq.dtype) + resize_bilinear(lq, size)
+
+    xs = (x.reshape(b * t, *x.shape[2:]), x_lq.reshape(b * t, h, w, c))
+    if self.is_initializing():  # Parameters cannot be created inside a loop.
+      return head(xs).reshape(b, t, *size, -1)
+    # The head's full-resolution maps dominate memory: a few frames at a time.
+    per_frame = size[0] * size[1] * num_feat * 4 * 4  # About four such maps live at once.
+    chunk = max(1, min(b * t, _HEAD_BYTES // per_frame))
+    while (b * t) % chunk:
+      chunk -= 1
+    return memory.map_chunks(head, xs, chunk).reshape(b, t, *size, -1)
+
+  def upsample_factors(self) -> list[int]:
+    """PixelShuffle factors of the SR head: 2s for a power of 2, or one 3."""
     if self.upscale & (self.upscale - 1) == 0:
-      factors = [2] * (self.upscale.bit_length() - 1)
-    elif self.upscale == 3:
-      factors = [3]
-    else:
-      raise ValueError(f"upscale {self.upscale} is not supported: use 1, 3 or a power of 2")
-    for i, r in enumerate(factors):
-      x = conv_frames(x, r * r * num_feat, 3, f"upsample_{5 * i}", dtype=self.dtype)
-      x = nn.leaky_relu(pixel_shuffle(x, r), 0.1)
-    return conv_frames(x, num_feat, 3, f"upsample_{5 * len(factors)}", dtype=self.dtype)
+      return [2] * (self.upscale.bit_length() - 1)
+    if self.upscale == 3:
+      return [3]
+    raise ValueError(f"upscale {self.upscale} is not supported: use 1, 3 or a power of 2")
 
   def _interpolate(self, x: jax.Array, train: bool) -> jax.Array:
     x_mean = x.mean(axis=(1, 2, 3), keepdims=True)
