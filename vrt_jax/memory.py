@@ -20,10 +20,14 @@ import jax.numpy as jnp
 
 
 def after(t: jax.Array, x: jax.Array) -> jax.Array:
-  """`t` unchanged, but computed only once `x` is (adds a zero taken from `x`)."""
+  """`t` unchanged, but computed only once `x` is (adds a zero taken from `x`).
+
+  The result is materialised, not fused into its consumers: those are often loops or
+  reductions that would recompute it (e.g. a bias gather) for every element.
+  """
   x0 = x.reshape(-1)[0]
   zero = jnp.where(jnp.isfinite(x0), x0 * 0, 0)  # Not simplified away; never NaN.
-  return t + zero.astype(t.dtype)
+  return jax.lax.optimization_barrier(t + zero.astype(t.dtype))
 
 
 def map_chunks(f: Callable[[Any], jax.Array], xs: Any, chunk: int) -> jax.Array:
