@@ -158,30 +158,30 @@ def _attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: float,
   def to_windows(t):  # (B * nW, ...) -> (nW, B, ...)
     return t.reshape(b, nw, *t.shape[1:]).swapaxes(0, 1)
 
-  def body(xs):  # One window position of every sample.
-    qw, kw, vw = xs[:3]  # (B, heads, N, hd)
+  def body(qw, kw, vw, bias, lab):  # One window position of every sample: (B, heads, N, hd).
     attn = jnp.einsum("bhqd,bhkd->bhqk", qw * jnp.asarray(scale, qw.dtype), kw,
                       preferred_element_type=jnp.float32)
-    if bias is not None:
-      attn = attn + bias.astype(jnp.float32)
+    attn = attn + bias.astype(jnp.float32)
     if labels is not None:
-      attn = attn + mask_from_labels(xs[3])
+      attn = attn + mask_from_labels(lab)
     attn = jax.nn.softmax(attn, axis=-1).astype(vw.dtype)
     return jnp.einsum("bhqk,bhkd->bqhd", attn, vw)
 
-  xs = (to_windows(q), to_windows(k), to_windows(v))
-  if labels is not None:
-    xs += (memory.after(jnp.asarray(labels), q),)
-  if bias is not None:
-    bias = memory.after(bias, q)
+  bias = memory.after(jnp.zeros((), jnp.float32) if bias is None else bias, q)
+  lab = (jnp.zeros((nw,), jnp.int32) if labels is None
+         else memory.after(jnp.asarray(labels), q))
+  # Training recomputes each chunk's logits in the backward pass instead of keeping every
+  # window's (N, N) attention matrix of every layer (gigabytes).
+  batched = memory.recomputed(jax.vmap(body, in_axes=(0, 0, 0, None, 0)))
+  xs = (to_windows(q), to_windows(k), to_windows(v), lab)
   step_bytes = b * nh * n * n * 4
   chunk = max(1, min(nw, _LOGITS_BYTES_PER_STEP // step_bytes))
   while nw % chunk:
     chunk -= 1
   if chunk == nw or nw * step_bytes <= _LOGITS_BYTES_NO_LOOP:
-    out = jax.vmap(body)(xs)
-  else:
-    out = memory.map_chunks(jax.vmap(body), xs, chunk)  # (nW, B, N, heads, hd)
+    out = batched(*xs[:3], bias, lab)
+  else:  # (nW, B, N, heads, hd)
+    out = memory.map_chunks(lambda c: batched(*c[:3], bias, c[3]), xs, chunk)
   return out.swapaxes(0, 1).reshape(b_, n, nh * hd)
 
 

@@ -24,6 +24,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax import traverse_util
 
+from vrt_jax import convert
+
 CHECKPOINT_DIR = "checkpoints"
 MODEL_CONFIG = "model_config.json"
 PARAMS_DIR = "params"
@@ -103,19 +105,14 @@ def set_aside(manager: ocp.CheckpointManager, step: int) -> str:
 
 
 def example_input(model: Any) -> jax.ShapeDtypeStruct:
-  """The smallest input `model.init` accepts: (1, img_size[0], 8 * window_h, 8 * window_w, Cin).
+  """The smallest input `model.init` accepts, (1, T, 8 * window_h, 8 * window_w, Cin).
 
   Parameter shapes do not depend on H and W, so this serves any training patch size.
   """
-  t = model.img_size[0]
-  h, w = 8 * model.window_size[1], 8 * model.window_size[2]
-  c = model.in_chans + (1 if model.nonblind_denoising else 0)
-  return jax.ShapeDtypeStruct((1, t, h, w, c), jnp.float32)
+  return jax.ShapeDtypeStruct(convert.example_input_shape(model), jnp.float32)
 
 
-def abstract_params(model: Any) -> Any:
-  """Shapes and dtypes of `model`'s params (no computation), as jax.ShapeDtypeStruct leaves."""
-  return jax.eval_shape(model.init, jax.random.key(0), example_input(model))["params"]
+abstract_params = convert.abstract_params
 
 
 def export_params(directory: str, params: Any, model_kwargs: dict[str, Any],

@@ -167,7 +167,8 @@ def _to_flax_layout(value: np.ndarray, target_shape: tuple[int, ...], leaf: str)
   return value
 
 
-def _dummy_input_shape(model: VRT) -> tuple[int, ...]:
+def example_input_shape(model: VRT) -> tuple[int, ...]:
+  """(1, T, 8 * window_h, 8 * window_w, Cin): the smallest input `model.init` accepts."""
   ws = model.window_size
   t = model.img_size[0] if model.pa_frames == 0 else max(model.img_size[0], 4)
   c = model.in_chans + (1 if model.nonblind_denoising and model.pa_frames else 0)
@@ -176,7 +177,7 @@ def _dummy_input_shape(model: VRT) -> tuple[int, ...]:
 
 def abstract_params(model: VRT) -> dict[str, Any]:
   """The model's parameter tree as ShapeDtypeStructs (no compute)."""
-  x = jax.ShapeDtypeStruct(_dummy_input_shape(model), np.float32)
+  x = jax.ShapeDtypeStruct(example_input_shape(model), np.float32)
   return jax.eval_shape(model.init, jax.random.key(0), x)["params"]
 
 

@@ -65,8 +65,9 @@ def _deform_conv_1group(x: jax.Array, offset: jax.Array, mask: jax.Array, kernel
   if step < n:
     while n % step:
       step -= 1
-    return memory.map_chunks(lambda a: _deform_conv_1group(*a, kernel, dg), (x, offset, mask),
-                             step)
+    # The backward pass recomputes each chunk's columns rather than keeping them all.
+    chunk_fn = memory.recomputed(lambda *a: _deform_conv_1group(*a, dg))
+    return memory.map_chunks(lambda a: chunk_fn(*a, kernel), (x, offset, mask), step)
   cols = _deform_columns(x, offset, mask, dg).reshape(n * h * w, 9 * cin)
   # (k, Cin)-major columns against the (3, 3, Cin, Cout) kernel: one 2-D matmul.
   out = jnp.dot(cols, kernel.reshape(9 * cin, -1).astype(cols.dtype),

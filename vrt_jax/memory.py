@@ -80,3 +80,27 @@ class CompiledPerShape:
       self.compiled[key] = self.fn.lower(*args).compile()
       release_freed_heap()
     return self.compiled[key](*args)
+
+
+def recomputed(f: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
+  """`f`, whose backward pass recomputes its intermediates from the inputs.
+
+  Like `jax.checkpoint`, except that the recomputation waits for the output's cotangent: XLA
+  would otherwise schedule every layer's recomputation early and hold them all, which is what
+  remat is meant to avoid. Arguments are arrays (integer ones get no gradient); the output is
+  one array.
+  """
+
+  @jax.custom_vjp
+  def g(*args):
+    return f(*args)
+
+  def fwd(*args):
+    return f(*args), args
+
+  def bwd(args, ct):
+    _, vjp = jax.vjp(f, *[after(a, ct) for a in args])
+    return vjp(ct)
+
+  g.defvjp(fwd, bwd)
+  return g
