@@ -38,6 +38,8 @@ def map_chunks(f: Callable[[Any], jax.Array], xs: Any, chunk: int) -> jax.Array:
   """
   leaves = jax.tree.leaves(xs)
   steps = leaves[0].shape[0] // chunk
+  if steps == 1:
+    return f(xs)
   xs = jax.tree.map(lambda t: t.reshape(steps, chunk, *t.shape[1:]), xs)
   shape = jax.eval_shape(f, jax.tree.map(lambda t: t[0], xs))
   init = after(jnp.zeros((steps, *shape.shape), shape.dtype), leaves[0])

@@ -276,9 +276,11 @@ class VRT(nn.Module):
       return convs["conv_last"](f).astype(lq.dtype) + resize_bilinear(lq, size)
 
     xs = (x.reshape(b * t, *x.shape[2:]), x_lq.reshape(b * t, h, w, c))
-    if self.is_initializing():  # Parameters cannot be created inside a loop.
+    # Parameters cannot be created inside a loop; and XLA's CPU backward pass of convolutions
+    # inside a loop is an order of magnitude slower, so training runs the head in one piece.
+    if self.is_initializing() or train:
       return head(xs).reshape(b, t, *size, -1)
-    # The head's full-resolution maps dominate memory: a few frames at a time.
+    # At test time the head's full-resolution maps dominate memory: a few frames at a time.
     per_frame = size[0] * size[1] * num_feat * 4 * 4  # About four such maps live at once.
     chunk = max(1, min(b * t, _HEAD_BYTES // per_frame))
     while (b * t) % chunk:
