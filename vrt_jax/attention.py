@@ -175,9 +175,7 @@ def _attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: float,
   batched = memory.recomputed(jax.vmap(body, in_axes=(0, 0, 0, None, 0)))
   xs = (to_windows(q), to_windows(k), to_windows(v), lab)
   step_bytes = b * nh * n * n * 4
-  chunk = max(1, min(nw, _LOGITS_BYTES_PER_STEP // step_bytes))
-  while nw % chunk:
-    chunk -= 1
+  chunk = memory.chunk_size(nw, step_bytes, _LOGITS_BYTES_PER_STEP)
   if chunk == nw or nw * step_bytes <= _LOGITS_BYTES_NO_LOOP:
     out = batched(*xs[:3], bias, lab)
   else:  # (nW, B, N, heads, hd)

@@ -61,10 +61,8 @@ def _deform_conv_1group(x: jax.Array, offset: jax.Array, mask: jax.Array, kernel
                         dg: int) -> jax.Array:
   n, h, w, cin = x.shape
   # Bound the (N, H, W, 9 * Cin) columns: a few frames at a time.
-  step = max(1, _COLUMN_BYTES // (h * w * 9 * cin * 4))
+  step = memory.chunk_size(n, h * w * 9 * cin * 4, _COLUMN_BYTES)
   if step < n:
-    while n % step:
-      step -= 1
     # The backward pass recomputes each chunk's columns rather than keeping them all.
     chunk_fn = memory.recomputed(lambda *a: _deform_conv_1group(*a, dg))
     return memory.map_chunks(lambda a: chunk_fn(*a, kernel), (x, offset, mask), step)

@@ -30,6 +30,14 @@ def after(t: jax.Array, x: jax.Array) -> jax.Array:
   return jax.lax.optimization_barrier(t + zero.astype(t.dtype))
 
 
+def chunk_size(n: int, item_bytes: int, budget_bytes: int) -> int:
+  """The largest divisor of `n` whose items fit in `budget_bytes` (at least 1)."""
+  chunk = max(1, min(n, budget_bytes // item_bytes))
+  while n % chunk:
+    chunk -= 1
+  return chunk
+
+
 def map_chunks(f: Callable[[Any], jax.Array], xs: Any, chunk: int) -> jax.Array:
   """`jax.lax.map(f, xs, batch_size=chunk)` for a batched `f` (leading axis: the chunk).
 

@@ -282,9 +282,7 @@ class VRT(nn.Module):
       return head(xs).reshape(b, t, *size, -1)
     # At test time the head's full-resolution maps dominate memory: a few frames at a time.
     per_frame = size[0] * size[1] * num_feat * 4 * 4  # About four such maps live at once.
-    chunk = max(1, min(b * t, _HEAD_BYTES // per_frame))
-    while (b * t) % chunk:
-      chunk -= 1
+    chunk = memory.chunk_size(b * t, per_frame, _HEAD_BYTES)
     return memory.map_chunks(head, xs, chunk).reshape(b, t, *size, -1)
 
   def upsample_factors(self) -> list[int]:
