@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -143,6 +143,21 @@ _LOGITS_BYTES_PER_STEP = 4 << 20
 _LOGITS_BYTES_NO_LOOP = 64 << 20
 
 
+def mask_patterns(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """The distinct shifted-window masks and which one each window uses.
+
+  labels (nW, N) region labels (`compute_mask_labels`) -> masks (P, N, N) (0 or -100) and
+  index (nW,) int32 with mask[w] == masks[index[w]]. Shifted windows fall into a handful of
+  patterns (interior, edge, corner), so P is small however many windows there are.
+  """
+  canonical = np.empty_like(labels)
+  for w, row in enumerate(labels):  # Regions renumbered in order of first appearance.
+    _, first, inverse = np.unique(row, return_index=True, return_inverse=True)
+    canonical[w] = np.argsort(np.argsort(first))[inverse]
+  unique, index = np.unique(canonical, axis=0, return_inverse=True)
+  return mask_from_labels(unique), index.reshape(-1).astype(np.int32)
+
+
 def _attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: float,
                bias: jax.Array | None, labels: np.ndarray | None) -> jax.Array:
   """Softmax attention within windows, looping over windows in cache-sized chunks.
@@ -150,37 +165,133 @@ def _attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: float,
   q, k, v (B_, heads, N, hd) with B_ = B * nW (window-major within each sample); bias
   (heads, N, N); labels (nW, N) region labels of the shifted-window mask (`compute_mask_labels`)
   or None -> (B_, N, heads * hd). The softmax is computed in float32.
+
+  The gradient is FlashAttention's (Dao et al., 2022): the backward pass recomputes each chunk's
+  probabilities from the saved log-sum-exp, and takes the softmax's row sums from the output
+  (sum(dO * O) over hd) instead of from the N x N probabilities. No logits are kept between the
+  passes.
   """
   b_, nh, n, hd = q.shape
   nw = b_ if labels is None else labels.shape[0]
   b = b_ // nw
+  step_bytes = b * nh * n * n * 4
+  chunk = memory.chunk_size(nw, step_bytes, _LOGITS_BYTES_PER_STEP)
+  if nw * step_bytes <= _LOGITS_BYTES_NO_LOOP:
+    chunk = nw
 
   def to_windows(t):  # (B * nW, ...) -> (nW, B, ...)
     return t.reshape(b, nw, *t.shape[1:]).swapaxes(0, 1)
 
-  def body(qw, kw, vw, bias, lab):  # One window position of every sample: (B, heads, N, hd).
-    attn = jnp.einsum("bhqd,bhkd->bhqk", qw * jnp.asarray(scale, qw.dtype), kw,
-                      preferred_element_type=jnp.float32)
-    attn = attn + bias.astype(jnp.float32)
-    if labels is not None:
-      attn = attn + mask_from_labels(lab)
-    attn = jax.nn.softmax(attn, axis=-1).astype(vw.dtype)
-    return jnp.einsum("bhqk,bhkd->bqhd", attn, vw)
+  # Masks are looked up per window from the few distinct ones: XLA's CPU code for an (N, N)
+  # mask built from row and column labels inside the softmax fusion is not vectorised (5x
+  # slower). The window index travels as floats (exact small integers) so that it can be an
+  # argument of the custom gradient; `after` keeps XLA from computing constants at program start.
+  if labels is None:
+    masks, index = jnp.zeros((1, 1, 1), jnp.float32), jnp.zeros((nw,), jnp.float32)
+  else:
+    masks, index = mask_patterns(np.asarray(labels))
+    masks, index = memory.after((jnp.asarray(masks), jnp.asarray(index, jnp.float32)), q)
+  bias_in = (jnp.zeros((), jnp.float32) if bias is None
+             else memory.after(bias.astype(jnp.float32), q))
+  attend = _window_attention(float(scale), chunk, labels is not None, bias is not None)
+  out = attend(to_windows(q), to_windows(k), to_windows(v), bias_in, masks, index)
+  return out.swapaxes(0, 1).reshape(b_, n, nh * hd)  # From (nW, B, N, heads, hd).
 
-  bias = memory.after(jnp.zeros((), jnp.float32) if bias is None else bias, q)
-  lab = (jnp.zeros((nw,), jnp.int32) if labels is None
-         else memory.after(jnp.asarray(labels), q))
-  # Training recomputes each chunk's logits in the backward pass instead of keeping every
-  # window's (N, N) attention matrix of every layer (gigabytes).
-  batched = memory.recomputed(jax.vmap(body, in_axes=(0, 0, 0, None, 0)))
-  xs = (to_windows(q), to_windows(k), to_windows(v), lab)
-  step_bytes = b * nh * n * n * 4
-  chunk = memory.chunk_size(nw, step_bytes, _LOGITS_BYTES_PER_STEP)
-  if chunk == nw or nw * step_bytes <= _LOGITS_BYTES_NO_LOOP:
-    out = batched(*xs[:3], bias, lab)
-  else:  # (nW, B, N, heads, hd)
-    out = memory.map_chunks(lambda c: batched(*c[:3], bias, c[3]), xs, chunk)
-  return out.swapaxes(0, 1).reshape(b_, n, nh * hd)
+
+@functools.cache
+def _window_attention(scale: float, chunk: int, masked: bool,
+                      biased: bool) -> Callable[..., jax.Array]:
+  """Attention over (nW, B, heads, N, hd) windows, `chunk` windows at a time, with its gradient.
+
+  Returns f(q, k, v, bias, masks, index) -> (nW, B, N, heads, hd); bias (heads, N, N) (ignored
+  unless `biased`); masks (P, N, N) and index (nW,) from `mask_patterns` (ignored unless
+  `masked`).
+  """
+
+  def logits(q, k, bias, masks, index):  # A chunk -> (c, B, heads, N, N) float32.
+    s = jnp.einsum("cbhqd,cbhkd->cbhqk", q * jnp.asarray(scale, q.dtype), k,
+                   preferred_element_type=jnp.float32)
+    if biased:
+      s = s + bias
+    if masked:
+      s = s + masks[index.astype(jnp.int32)][:, None, None]
+    return s
+
+  def forward_chunk(q, k, v, bias, masks, index):
+    s = logits(q, k, bias, masks, index)
+    m = jnp.max(s, axis=-1, keepdims=True)
+    e = jnp.exp(s - m)
+    total = jnp.sum(e, axis=-1, keepdims=True)
+    p = (e / total).astype(v.dtype)
+    # Heads-major matmul, transposed after a barrier (see backward_chunk).
+    out = jax.lax.optimization_barrier(jnp.einsum("cbhqk,cbhkd->cbhqd", p, v)).swapaxes(2, 3)
+    return out, (m + jnp.log(total))[..., 0]
+
+  def backward_chunk(q, k, v, bias, masks, index, out, lse, dout):
+    p = jnp.exp(logits(q, k, bias, masks, index) - lse[..., None])
+    dout_h = dout.swapaxes(2, 3)  # (c, B, heads, N, hd)
+    dp = jnp.einsum("cbhqd,cbhkd->cbhqk", dout_h, v, preferred_element_type=jnp.float32)
+    rows = jnp.sum(dout.astype(jnp.float32) * out.astype(jnp.float32), axis=-1).swapaxes(2, 3)
+    ds = p * (dp - rows[..., None])
+    # dV and dK contract over the query axis of P and dS. XLA's CPU matmul is about 3x slower
+    # when it has to transpose an N x N operand, so the small operands are transposed instead
+    # (dV^T = dO^T P, (hd, N)), behind barriers that keep XLA from folding the transposes back
+    # into the matmuls.
+    dout_t, q_t = jax.lax.optimization_barrier(
+        (dout_h.swapaxes(3, 4), (q * jnp.asarray(scale, q.dtype)).swapaxes(3, 4)))
+    ds_c = ds.astype(q.dtype)
+    dv_t, dk_t = jax.lax.optimization_barrier(
+        (jnp.einsum("cbhdq,cbhqk->cbhdk", dout_t, p.astype(v.dtype)),
+         jnp.einsum("cbhdq,cbhqk->cbhdk", q_t, ds_c)))
+    dv, dk = dv_t.swapaxes(3, 4), dk_t.swapaxes(3, 4)
+    dq = jnp.einsum("cbhqk,cbhkd->cbhqd", ds_c, k) * jnp.asarray(scale, q.dtype)
+    # The bias gradient sums over windows: written as additions, as XLA's CPU reduction over a
+    # leading axis is several times slower.
+    flat = ds.reshape(-1, *ds.shape[2:])
+    dbias = functools.reduce(jnp.add, [flat[i] for i in range(flat.shape[0])]) if biased else None
+    return dq, dk, dv, dbias
+
+  def run(q, k, v, bias, masks, index):
+    if chunk == q.shape[0]:
+      return forward_chunk(q, k, v, bias, masks, index)
+    return memory.map_chunks(lambda c: forward_chunk(*c[:3], bias, masks, c[3]),
+                             (q, k, v, index), chunk)
+
+  @jax.custom_vjp
+  def attend(q, k, v, bias, masks, index):
+    return run(q, k, v, bias, masks, index)[0]
+
+  def attend_fwd(q, k, v, bias, masks, index):
+    out, lse = run(q, k, v, bias, masks, index)
+    return out, (q, k, v, bias, masks, index, out, lse)
+
+  def attend_bwd(res, dout):
+    q, k, v, bias, masks, index, out, lse = res
+    steps = q.shape[0] // chunk
+    if steps == 1:
+      dq, dk, dv, dbias = backward_chunk(q, k, v, bias, masks, index, out, lse, dout)
+    else:
+      def piece(t, i):
+        return jax.lax.dynamic_slice_in_dim(t, i * chunk, chunk)
+
+      def step(i, carry):
+        dq, dk, dv, dbias = carry
+        gq, gk, gv, gb = backward_chunk(*[piece(t, i) for t in (q, k, v)], bias, masks,
+                                        *[piece(t, i) for t in (index, out, lse, dout)])
+        return (jax.lax.dynamic_update_slice_in_dim(dq, gq, i * chunk, 0),
+                jax.lax.dynamic_update_slice_in_dim(dk, gk, i * chunk, 0),
+                jax.lax.dynamic_update_slice_in_dim(dv, gv, i * chunk, 0),
+                dbias + gb if biased else dbias)
+
+      # The gradient buffers come into being with the cotangent, not at program start.
+      init = tuple(memory.after(jnp.zeros(t.shape, t.dtype), dout) for t in (q, k, v, bias))
+      dq, dk, dv, dbias = jax.lax.fori_loop(0, steps, step, init)
+    if not biased:
+      dbias = jnp.zeros_like(bias)
+    return dq, dk, dv, dbias, jnp.zeros_like(masks), jnp.zeros_like(index)
+
+  attend.defvjp(attend_fwd, attend_bwd)
+  return attend
 
 
 class WindowAttention(nn.Module):

@@ -19,15 +19,15 @@ import jax
 import jax.numpy as jnp
 
 
-def after(t: jax.Array, x: jax.Array) -> jax.Array:
-  """`t` unchanged, but computed only once `x` is (adds a zero taken from `x`).
+def after(t: Any, x: jax.Array) -> Any:
+  """`t` (an array or a tree of arrays) unchanged, but computed only once `x` is.
 
-  The result is materialised, not fused into its consumers: those are often loops or
-  reductions that would recompute it (e.g. a bias gather) for every element.
+  Adds a zero taken from `x`. The result is materialised, not fused into its consumers: those
+  are often loops or reductions that would recompute it (e.g. a bias gather) for every element.
   """
   x0 = x.reshape(-1)[0]
   zero = jnp.where(jnp.isfinite(x0), x0 * 0, 0)  # Not simplified away; never NaN.
-  return jax.lax.optimization_barrier(t + zero.astype(t.dtype))
+  return jax.lax.optimization_barrier(jax.tree.map(lambda a: a + zero.astype(a.dtype), t))
 
 
 def chunk_size(n: int, item_bytes: int, budget_bytes: int) -> int:
@@ -38,25 +38,27 @@ def chunk_size(n: int, item_bytes: int, budget_bytes: int) -> int:
   return chunk
 
 
-def map_chunks(f: Callable[[Any], jax.Array], xs: Any, chunk: int) -> jax.Array:
+def map_chunks(f: Callable[[Any], Any], xs: Any, chunk: int) -> Any:
   """`jax.lax.map(f, xs, batch_size=chunk)` for a batched `f` (leading axis: the chunk).
 
-  The leading axis of every leaf of `xs` must be a multiple of `chunk`. Unlike lax.map, the
-  stacked output buffer comes to life with `xs`, not at program start.
+  The leading axis of every leaf of `xs` must be a multiple of `chunk`; `f` returns an array or
+  a tree of arrays. Unlike lax.map, the stacked output buffers come to life with `xs`, not at
+  program start.
   """
   leaves = jax.tree.leaves(xs)
   steps = leaves[0].shape[0] // chunk
   if steps == 1:
     return f(xs)
   xs = jax.tree.map(lambda t: t.reshape(steps, chunk, *t.shape[1:]), xs)
-  shape = jax.eval_shape(f, jax.tree.map(lambda t: t[0], xs))
-  init = after(jnp.zeros((steps, *shape.shape), shape.dtype), leaves[0])
+  shapes = jax.eval_shape(f, jax.tree.map(lambda t: t[0], xs))
+  init = jax.tree.map(lambda s: after(jnp.zeros((steps, *s.shape), s.dtype), leaves[0]), shapes)
 
   def step(i, out):
-    return jax.lax.dynamic_update_index_in_dim(out, f(jax.tree.map(lambda t: t[i], xs)), i, 0)
+    new = f(jax.tree.map(lambda t: t[i], xs))
+    return jax.tree.map(lambda o, n: jax.lax.dynamic_update_index_in_dim(o, n, i, 0), out, new)
 
   out = jax.lax.fori_loop(0, steps, step, init)
-  return out.reshape(-1, *shape.shape[1:])
+  return jax.tree.map(lambda o: o.reshape(-1, *o.shape[2:]), out)
 
 
 def release_freed_heap() -> None:
