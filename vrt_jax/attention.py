@@ -140,7 +140,7 @@ def sine_position_encoding(hw: tuple[int, int], num_pos_feats: int,
 _LOGITS_BYTES_PER_STEP = 4 << 20
 # Below this many bytes of logits in all, one batched computation: the loop's gain is small there
 # and XLA's CPU buffer assignment does not share loop buffers between loops (memory).
-_LOGITS_BYTES_NO_LOOP = 64 << 20
+_LOGITS_BYTES_NO_LOOP = 0
 
 
 def mask_patterns(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -222,9 +222,11 @@ def _window_attention(scale: float, chunk: int, masked: bool,
     m = jnp.max(s, axis=-1, keepdims=True)
     e = jnp.exp(s - m)
     total = jnp.sum(e, axis=-1, keepdims=True)
-    p = (e / total).astype(v.dtype)
-    # Heads-major matmul, transposed after a barrier (see backward_chunk).
-    out = jax.lax.optimization_barrier(jnp.einsum("cbhqk,cbhkd->cbhqd", p, v)).swapaxes(2, 3)
+    # Normalised after the matmul: N x hd divisions instead of N x N. Heads-major matmul,
+    # transposed after a barrier (see backward_chunk).
+    out = jnp.einsum("cbhqk,cbhkd->cbhqd", e.astype(v.dtype), v,
+                     preferred_element_type=jnp.float32) / total
+    out = jax.lax.optimization_barrier(out.astype(v.dtype)).swapaxes(2, 3)
     return out, (m + jnp.log(total))[..., 0]
 
   def backward_chunk(q, k, v, bias, masks, index, out, lse, dout):
@@ -266,7 +268,7 @@ def _window_attention(scale: float, chunk: int, masked: bool,
     return out, (q, k, v, bias, masks, index, out, lse)
 
   def attend_bwd(res, dout):
-    q, k, v, bias, masks, index, out, lse = res
+    q, k, v, bias, masks, index, out, lse = memory.tie(res, dout)
     steps = q.shape[0] // chunk
     if steps == 1:
       dq, dk, dv, dbias = backward_chunk(q, k, v, bias, masks, index, out, lse, dout)

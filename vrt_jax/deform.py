@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vrt_jax import memory
+from vrt_jax.layers import Conv
 from vrt_jax.spynet import torch_conv_init
 
 # Upper bound on the im2col columns materialised at once (bytes); see _deform_conv_1group.
@@ -142,11 +143,11 @@ class DCNv2PackFlowGuided(nn.Module):
     dg = self.deformable_groups
     h = jnp.concatenate([*x_flow_warpeds, x_current, *flows], axis=-1)
     for i in range(3):
-      h = nn.Conv(c, (3, 3), padding=1, kernel_init=torch_conv_init(), dtype=self.dtype,
+      h = Conv(c, (3, 3), padding=1, kernel_init=torch_conv_init(), dtype=self.dtype,
                   name=f"conv_offset_{2 * i}")(h)
       h = nn.leaky_relu(h, 0.1)
     # Offsets and mask (sampling positions) in float32 whatever the compute dtype.
-    h = nn.Conv(27 * dg, (3, 3), padding=1, kernel_init=nn.initializers.zeros, dtype=jnp.float32,
+    h = Conv(27 * dg, (3, 3), padding=1, kernel_init=nn.initializers.zeros, dtype=jnp.float32,
                 name="conv_offset_6")(h)
     o1, o2, m = jnp.split(h, 3, axis=-1)
     offset = self.max_residue_magnitude * jnp.tanh(jnp.concatenate([o1, o2], axis=-1))

@@ -3,8 +3,9 @@
 XLA's CPU scheduler computes values that depend only on parameters and constants (attention
 biases and masks, zero-initialised loop outputs) at the start of the program and keeps them until
 their last use, so every layer's copy would be resident at once; it also runs independent
-chunks of a computation side by side. `after` ties such a value to the layer's input, and
-`map_chunks` loops over chunks one at a time. On the host side, `CompiledPerShape` hands the
+chunks of a computation side by side. `after` ties such a value to the layer's input, `tie`
+holds a backward pass's recomputation back until its cotangent exists, and `map_chunks` loops
+over chunks one at a time. On the host side, `CompiledPerShape` hands the
 compiler's scratch memory back to the OS before the first run.
 """
 
@@ -25,9 +26,26 @@ def after(t: Any, x: jax.Array) -> Any:
   Adds a zero taken from `x`. The result is materialised, not fused into its consumers: those
   are often loops or reductions that would recompute it (e.g. a bias gather) for every element.
   """
-  x0 = x.reshape(-1)[0]
-  zero = jnp.where(jnp.isfinite(x0), x0 * 0, 0)  # Not simplified away; never NaN.
+  zero = _zero_of(x)
   return jax.lax.optimization_barrier(jax.tree.map(lambda a: a + zero.astype(a.dtype), t))
+
+
+def tie(t: Any, x: jax.Array) -> Any:
+  """`t` (an array or a tree of arrays) unchanged, computable only once `x` is.
+
+  For hand-written gradients: what the backward pass recomputes from saved residuals then
+  waits for the cotangent `x`, instead of being hoisted into the forward pass by XLA's
+  scheduler and held until the backward pass reaches it. Unlike `after`, the added zero fuses
+  into the consumers (nothing is copied). An optimization barrier alone does not order
+  anything by the time XLA's CPU backend schedules the program.
+  """
+  zero = _zero_of(x)
+  return jax.tree.map(lambda a: a + zero.astype(a.dtype), t)
+
+
+def _zero_of(x: jax.Array) -> jax.Array:
+  x0 = x.reshape(-1)[0]
+  return jnp.where(jnp.isfinite(x0), x0 * 0, 0)  # Not simplified away; never NaN.
 
 
 def chunk_size(n: int, item_bytes: int, budget_bytes: int) -> int:
@@ -111,7 +129,7 @@ def recomputed(f: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
     return f(*args), args
 
   def bwd(args, ct):
-    _, vjp = jax.vjp(f, *[after(a, ct) for a in args])
+    _, vjp = jax.vjp(f, *tie(args, ct))
     return vjp(ct)
 
   g.defvjp(fwd, bwd)

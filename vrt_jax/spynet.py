@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vrt_jax.layers import Conv
 from vrt_jax.warp import flow_warp, resize_bilinear
 
 # ImageNet statistics; buffers `spynet.mean` / `spynet.std` of the reference.
@@ -32,7 +33,7 @@ class BasicModule(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     features = (32, 64, 32, 16, 2)
     for i, f in enumerate(features):
-      x = nn.Conv(f, (7, 7), padding=3, kernel_init=torch_conv_init(),
+      x = Conv(f, (7, 7), padding=3, kernel_init=torch_conv_init(),
                   name=f"basic_module_{2 * i}")(x)
       if i < len(features) - 1:
         x = nn.relu(x)

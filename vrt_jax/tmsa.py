@@ -19,13 +19,13 @@ from vrt_jax.attention import (
   window_partition,
   window_reverse,
 )
+from vrt_jax.layers import LayerNorm, geglu
 from vrt_jax.spynet import torch_conv_init
 
 
-def layer_norm(name: str, dtype: Any = jnp.float32) -> nn.LayerNorm:
-  # Exact two-pass variance, as PyTorch computes it; statistics are float32 for any `dtype`
-  # (flax upcasts), the output is in `dtype`.
-  return nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, dtype=dtype, name=name)
+def layer_norm(name: str, dtype: Any = jnp.float32) -> LayerNorm:
+  # PyTorch's LayerNorm (eps 1e-5, exact variance); float32 statistics, output in `dtype`.
+  return LayerNorm(epsilon=1e-5, dtype=dtype, name=name)
 
 
 def dense(features: int, name: str, dtype: Any = jnp.float32) -> nn.Dense:
@@ -44,8 +44,8 @@ class MlpGEGLU(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    h = nn.gelu(dense(self.hidden_features, "fc11", self.dtype)(x), approximate=False)
-    h = h * dense(self.hidden_features, "fc12", self.dtype)(x)
+    h = geglu(dense(self.hidden_features, "fc11", self.dtype)(x),
+              dense(self.hidden_features, "fc12", self.dtype)(x))
     return dense(self.out_features, "fc2", self.dtype)(h)
 
 
@@ -56,7 +56,8 @@ def drop_path(module: nn.Module, x: jax.Array, rate: float, train: bool) -> jax.
   keep = 1. - rate
   shape = (x.shape[0],) + (1,) * (x.ndim - 1)
   mask = jax.random.bernoulli(module.make_rng("dropout"), keep, shape)
-  return jnp.where(mask, x / keep, 0.).astype(x.dtype)
+  # A per-sample factor (its gradient keeps B numbers, not a full-size mask).
+  return x * (mask / keep).astype(x.dtype)
 
 
 class TMSA(nn.Module):

@@ -18,6 +18,7 @@ import numpy as np
 
 from vrt_jax import memory
 from vrt_jax.deform import DCNv2PackFlowGuided
+from vrt_jax.layers import Conv
 from vrt_jax.spynet import SpyNet, torch_conv_init
 from vrt_jax.tmsa import RTMSA, TMSAG, MlpGEGLU, dense, layer_norm
 from vrt_jax.warp import flow_warp, nearest4_warp, resize_bilinear
@@ -35,7 +36,7 @@ def conv_frames(x: jax.Array, features: int, kernel: int, name: str, padding: in
   x: (B, T, H, W, C) -> (B, T, H, W, features).
   """
   b, t = x.shape[:2]
-  conv = nn.Conv(features, (kernel, kernel), padding=padding,
+  conv = Conv(features, (kernel, kernel), padding=padding,
                  kernel_init=kernel_init or torch_conv_init(), dtype=dtype, name=name)
   y = conv(x.reshape(b * t, *x.shape[2:]))
   return y.reshape(b, t, *y.shape[1:])
@@ -262,7 +263,7 @@ class VRT(nn.Module):
     specs = [("conv_before_upsample_0", num_feat),
              *[(f"upsample_{5 * i}", r * r * num_feat) for i, r in enumerate(factors)],
              (f"upsample_{5 * len(factors)}", num_feat), ("conv_last", self.out_chans)]
-    convs = {name: nn.Conv(f, (3, 3), padding=1, kernel_init=torch_conv_init(), dtype=dt,
+    convs = {name: Conv(f, (3, 3), padding=1, kernel_init=torch_conv_init(), dtype=dt,
                            name=name) for name, f in specs}
     b, t, h, w, c = x_lq.shape
     size = (h * self.upscale, w * self.upscale)
@@ -301,10 +302,10 @@ class VRT(nn.Module):
         self.forward_features(x, [], [], train))
     b, t, h, w, c = x.shape
     x = x.transpose(0, 2, 3, 1, 4).reshape(b, h, w, t * c)  # Frames stacked along channels.
-    x = nn.leaky_relu(nn.Conv(64, (1, 1), kernel_init=torch_conv_init(), dtype=dt,
+    x = nn.leaky_relu(Conv(64, (1, 1), kernel_init=torch_conv_init(), dtype=dt,
                               name="linear_fuse")(x), 0.2)
     x = jnp.pad(x, ((0, 0), (3, 3), (3, 3), (0, 0)), mode="reflect")
-    x = nn.Conv(self.out_chans, (7, 7), padding="VALID", kernel_init=torch_conv_init(), dtype=dt,
+    x = Conv(self.out_chans, (7, 7), padding="VALID", kernel_init=torch_conv_init(), dtype=dt,
                 name="conv_last")(x).astype(x_mean.dtype)
     x = x.reshape(b, h, w, self.out_chans // 3, 3).transpose(0, 3, 1, 2, 4)
     return x + x_mean
