@@ -11,6 +11,7 @@ different virtual environment.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -138,34 +139,6 @@ def reproduce_line() -> str:
   return "python " + shlex.join(sys.argv)
 
 
-def jax_random_variables(model: Any, x: Any, seed: int = 0) -> Any:
-  """Random float32 variables of the right shapes without compiling `model.init`.
-
-  `jax.jit(model.init)` traces and compiles the whole network (as slow as the forward's first
-  call); the shapes come from `jax.eval_shape` instead and the values from numpy: kernels
-  U(-1/sqrt(fan_in), 1/sqrt(fan_in)) like PyTorch's default init, LayerNorm scales 1, biases 0,
-  other parameters N(0, 0.02). The benchmark times the network, not its weights.
-  """
-  import jax
-  import numpy as np
-
-  shapes = jax.eval_shape(model.init, jax.random.key(0), x)
-  rng = np.random.default_rng(seed)
-
-  def fill(path, s):
-    name = str(getattr(path[-1], "key", path[-1]))
-    if name == "bias":
-      return np.zeros(s.shape, s.dtype)
-    if name == "scale":
-      return np.ones(s.shape, s.dtype)
-    if name == "kernel" or name.endswith("kernel"):
-      bound = 1 / np.sqrt(max(1, int(np.prod(s.shape[:-1]))))
-      return rng.uniform(-bound, bound, s.shape).astype(s.dtype)
-    return (0.02 * rng.standard_normal(s.shape)).astype(s.dtype)
-
-  return jax.tree_util.tree_map_with_path(fill, shapes)
-
-
 def torch_reference_model(ref: str, kwargs: dict[str, Any]) -> Any:
   """The official PyTorch VRT built from `ref`/models/network_vrt.py (imported at run time)."""
   sys.path.insert(0, os.path.abspath(ref))
@@ -175,3 +148,64 @@ def torch_reference_model(ref: str, kwargs: dict[str, Any]) -> Any:
   from models.network_vrt import VRT  # noqa: PLC0415 (the reference checkout, not this repo)
 
   return VRT(**kwargs)
+
+
+def add_arguments(parser: Any, preset: str) -> None:
+  """The options both benchmark scripts share (the worker ones hidden)."""
+  parser.add_argument("--preset", default=preset,
+                      help="official model name (vrt_jax.presets.PRESETS); comma-separated list ok")
+  parser.add_argument("--shape", default="1,6,64,64,3", help="input B,T,H,W,C (channels-last)")
+  parser.add_argument("--runs", type=int, default=3, help="timed calls after the first (>= 3)")
+  parser.add_argument("--threads", type=int, default=2, help="CPUs / threads for both (0: all)")
+  parser.add_argument("--dtype", default="float32",
+                      help="vrt-jax compute dtype(s), comma-separated (float32, bfloat16)")
+  parser.add_argument("--ref", default="", help="official VRT checkout (models/network_vrt.py)")
+  parser.add_argument("--ref_python", default="/work/tvenv/bin/python",
+                      help="interpreter with torch + torchvision + einops for the reference")
+  parser.add_argument("--skip_jax", action="store_true", help="only measure the reference")
+  parser.add_argument("--worker", choices=("jax", "torch"), help=argparse.SUPPRESS)
+  parser.add_argument("--kwargs", default="{}", help=argparse.SUPPRESS)
+
+
+def timing(impl: str, args: Any, first: float, steady: list[float]) -> dict[str, Any]:
+  """A worker's result row; on an accelerator with memory stats, its peak device memory too."""
+  result = dict(impl=impl, preset=args.preset, shape=args.shape, dtype=args.dtype, first_s=first,
+                median_s=median(steady), min_s=min(steady), runs=steady)
+  if impl.startswith("vrt-jax"):
+    import jax
+
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+      result["device_peak_mib"] = stats["peak_bytes_in_use"] / 2**20
+  return result
+
+
+def compare(args: Any, script: str, columns: Sequence[tuple[str, str, str]], what: str,
+            base: Sequence[str], jax_extra: Sequence[str] = (),
+            ref_overrides: dict[str, Any] | None = None) -> None:
+  """The parent process: per preset, one worker per vrt-jax dtype and one for the reference
+  (when --ref is given), then the table with ours / reference ratios and the command line."""
+  if args.runs < 1:
+    raise ValueError(f"--runs must be >= 1, got {args.runs}")
+  from vrt_jax import presets  # Plain dicts; no jax import needed.
+
+  print(f"# machine: {machine_description(args.threads)}", flush=True)
+  base = ["--shape", args.shape, "--runs", str(args.runs), "--threads", str(args.threads), *base]
+  rows = []
+  for preset in args.preset.split(","):
+    ref_row = None
+    if not args.skip_jax:
+      for dtype in args.dtype.split(","):
+        print(f"# vrt-jax {what} {preset} {dtype} ...", flush=True)
+        rows.append(run_worker([sys.executable, script, "--worker", "jax", "--preset", preset,
+                                "--dtype", dtype, *base, *jax_extra]))
+    if args.ref:
+      print(f"# PyTorch reference {what} {preset} ...", flush=True)
+      kwargs = json.dumps({**presets.get_preset(preset), **(ref_overrides or {})})
+      ref_row = run_worker([args.ref_python, script, "--worker", "torch", "--preset", preset,
+                            "--ref", args.ref, "--kwargs", kwargs, *base])
+      rows.append(ref_row)
+    print()
+    print_table([r for r in rows if r["preset"] == preset], columns, ref_row)
+    print()
+  print(f"reproduce: {reproduce_line()}")

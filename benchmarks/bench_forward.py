@@ -19,6 +19,7 @@ device's peak memory.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -41,7 +42,7 @@ def jax_worker(args: argparse.Namespace) -> None:
   import numpy as np
 
   import vrt_jax
-  from vrt_jax import inference
+  from vrt_jax import checkpoint, inference
 
   shape = common.parse_shape(args.shape)
   kwargs = vrt_jax.presets.get_preset(args.preset)
@@ -49,24 +50,18 @@ def jax_worker(args: argparse.Namespace) -> None:
     kwargs["dtype"] = jnp.dtype(args.dtype)
   model = vrt_jax.VRT(**kwargs)
   x = jnp.asarray(np.random.default_rng(0).random(shape, np.float32))
-  variables = jax.device_put(common.jax_random_variables(model, x))
+  variables = jax.device_put({"params": checkpoint.random_params(model)})
   if args.plain_jit:
     fn = jax.jit(lambda v, x: model.apply(v, x))
   else:  # What restore / eval use: compiled ahead of time, then the compiler's heap released.
     fn = inference.make_apply_fn(model)
   first, steady = common.time_calls(lambda: jax.block_until_ready(fn(variables, x)), args.runs)
   impl = f"vrt-jax ({jax.default_backend()}{', plain jit' if args.plain_jit else ''})"
-  result = dict(impl=impl, preset=args.preset, shape=args.shape, dtype=args.dtype,
-                first_s=first, median_s=common.median(steady), min_s=min(steady), runs=steady)
-  stats = jax.devices()[0].memory_stats() or {}
-  if "peak_bytes_in_use" in stats:
-    result["device_peak_mib"] = stats["peak_bytes_in_use"] / 2**20
-  common.emit(result)
+  common.emit(common.timing(impl, args, first, steady))
 
 
 def torch_worker(args: argparse.Namespace) -> None:
   common.pin_threads(args.threads)
-  import json
 
   import torch
 
@@ -83,64 +78,23 @@ def torch_worker(args: argparse.Namespace) -> None:
       model(x)
 
   first, steady = common.time_calls(call, args.runs)
-  common.emit(dict(impl=f"PyTorch reference (torch {torch.__version__})", preset=args.preset,
-                   shape=args.shape, dtype="float32", first_s=first,
-                   median_s=common.median(steady), min_s=min(steady), runs=steady))
+  common.emit(common.timing(f"PyTorch reference (torch {torch.__version__})", args, first,
+                            steady))
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--preset", default="001_VRT_videosr_bi_REDS_6frames",
-                      help="official model name (vrt_jax.presets.PRESETS); comma-separated list ok")
-  parser.add_argument("--shape", default="1,6,64,64,3", help="input B,T,H,W,C (channels-last)")
-  parser.add_argument("--runs", type=int, default=3, help="timed calls after the first (>= 3)")
-  parser.add_argument("--threads", type=int, default=2, help="CPUs / threads for both (0: all)")
-  parser.add_argument("--dtype", default="float32",
-                      help="vrt-jax compute dtype(s), comma-separated (float32, bfloat16)")
-  parser.add_argument("--ref", default="", help="official VRT checkout (models/network_vrt.py)")
-  parser.add_argument("--ref_python", default="/work/tvenv/bin/python",
-                      help="interpreter with torch + torchvision + einops for the reference")
+  common.add_arguments(parser, preset="001_VRT_videosr_bi_REDS_6frames")
   parser.add_argument("--plain_jit", action="store_true",
                       help="vrt-jax: time jax.jit(model.apply) instead of "
                            "vrt_jax.inference.make_apply_fn (no heap release after compiling)")
-  parser.add_argument("--skip_jax", action="store_true", help="only measure the reference")
-  parser.add_argument("--worker", choices=("jax", "torch"), help=argparse.SUPPRESS)
-  parser.add_argument("--kwargs", default="{}", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.worker == "jax":
     return jax_worker(args)
   if args.worker == "torch":
     return torch_worker(args)
-  if args.runs < 1:
-    raise ValueError(f"--runs must be >= 1, got {args.runs}")
-
-  import json
-
-  from vrt_jax import presets  # Plain dicts; no jax import needed.
-
-  print(f"# machine: {common.machine_description(args.threads)}", flush=True)
-  script = os.path.abspath(__file__)
-  base = ["--shape", args.shape, "--runs", str(args.runs), "--threads", str(args.threads)]
-  jax_extra = ["--plain_jit"] if args.plain_jit else []
-  rows = []
-  for preset in args.preset.split(","):
-    ref_row = None
-    if not args.skip_jax:
-      for dtype in args.dtype.split(","):
-        print(f"# vrt-jax {preset} {dtype} ...", flush=True)
-        rows.append(common.run_worker([sys.executable, script, "--worker", "jax", "--preset",
-                                       preset, "--dtype", dtype, *base, *jax_extra]))
-    if args.ref:
-      print(f"# PyTorch reference {preset} ...", flush=True)
-      kwargs = json.dumps(presets.get_preset(preset))
-      ref_row = common.run_worker([args.ref_python, script, "--worker", "torch", "--preset",
-                                   preset, "--ref", args.ref, "--kwargs", kwargs, *base])
-      rows.append(ref_row)
-    print()
-    preset_rows = [r for r in rows if r["preset"] == preset]
-    common.print_table(preset_rows, COLUMNS, ref_row)
-    print()
-  print(f"reproduce: {common.reproduce_line()}")
+  common.compare(args, os.path.abspath(__file__), COLUMNS, "forward", base=[],
+                 jax_extra=["--plain_jit"] if args.plain_jit else [])
 
 
 if __name__ == "__main__":

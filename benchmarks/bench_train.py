@@ -15,6 +15,7 @@ one step, or PyTorch's first eager step; then the median / min of `--runs` steps
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -33,7 +34,6 @@ LR, BETAS, EPS = 4e-4, (0.9, 0.99), 1e-9
 
 def jax_worker(args: argparse.Namespace) -> None:
   common.pin_threads(args.threads)
-  import json
 
   import jax
   import jax.numpy as jnp
@@ -41,6 +41,7 @@ def jax_worker(args: argparse.Namespace) -> None:
   import optax
 
   import vrt_jax
+  from vrt_jax import checkpoint
 
   b, t, h, w, c = common.parse_shape(args.shape)
   kwargs = {**vrt_jax.presets.get_preset(args.preset), **json.loads(args.overrides)}
@@ -51,7 +52,7 @@ def jax_worker(args: argparse.Namespace) -> None:
   x = jnp.asarray(rng.random((b, t, h, w, c), np.float32))
   s = model.upscale
   gt = jnp.asarray(rng.random((b, t, s * h, s * w, model.out_chans), np.float32))
-  params = jax.device_put(common.jax_random_variables(model, x)["params"])
+  params = jax.device_put(checkpoint.random_params(model))
   tx = optax.adam(LR, b1=BETAS[0], b2=BETAS[1])
   opt_state = tx.init(params)
 
@@ -73,18 +74,11 @@ def jax_worker(args: argparse.Namespace) -> None:
     jax.block_until_ready(loss)
 
   first, steady = common.time_calls(call, args.runs)
-  result = dict(impl=f"vrt-jax ({jax.default_backend()})", preset=args.preset, shape=args.shape,
-                dtype=args.dtype, first_s=first, median_s=common.median(steady),
-                min_s=min(steady), runs=steady)
-  stats = jax.devices()[0].memory_stats() or {}
-  if "peak_bytes_in_use" in stats:
-    result["device_peak_mib"] = stats["peak_bytes_in_use"] / 2**20
-  common.emit(result)
+  common.emit(common.timing(f"vrt-jax ({jax.default_backend()})", args, first, steady))
 
 
 def torch_worker(args: argparse.Namespace) -> None:
   common.pin_threads(args.threads)
-  import json
 
   import torch
 
@@ -105,63 +99,23 @@ def torch_worker(args: argparse.Namespace) -> None:
     opt.step()
 
   first, steady = common.time_calls(call, args.runs)
-  common.emit(dict(impl=f"PyTorch reference (torch {torch.__version__})", preset=args.preset,
-                   shape=args.shape, dtype="float32", first_s=first,
-                   median_s=common.median(steady), min_s=min(steady), runs=steady))
+  common.emit(common.timing(f"PyTorch reference (torch {torch.__version__})", args, first,
+                            steady))
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--preset", default="006_VRT_videodeblurring_GoPro",
-                      help="official model name (vrt_jax.presets.PRESETS); comma-separated list ok")
-  parser.add_argument("--shape", default="1,6,64,64,3", help="input B,T,H,W,C (channels-last)")
-  parser.add_argument("--runs", type=int, default=3, help="timed steps after the first (>= 3)")
-  parser.add_argument("--threads", type=int, default=2, help="CPUs / threads for both (0: all)")
-  parser.add_argument("--dtype", default="float32",
-                      help="vrt-jax compute dtype(s), comma-separated (float32, bfloat16)")
-  parser.add_argument("--ref", default="", help="official VRT checkout (models/network_vrt.py)")
-  parser.add_argument("--ref_python", default="/work/tvenv/bin/python",
-                      help="interpreter with torch + torchvision + einops for the reference")
+  common.add_arguments(parser, preset="006_VRT_videodeblurring_GoPro")
   parser.add_argument("--overrides", default="{}",
                       help='VRT kwargs over the preset for both, e.g. \'{"use_checkpoint_attn": '
                       'true, "use_checkpoint_ffn": true}\' (rematerialisation)')
-  parser.add_argument("--skip_jax", action="store_true", help="only measure the reference")
-  parser.add_argument("--worker", choices=("jax", "torch"), help=argparse.SUPPRESS)
-  parser.add_argument("--kwargs", default="{}", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.worker == "jax":
     return jax_worker(args)
   if args.worker == "torch":
     return torch_worker(args)
-  if args.runs < 1:
-    raise ValueError(f"--runs must be >= 1, got {args.runs}")
-
-  import json
-
-  from vrt_jax import presets
-
-  print(f"# machine: {common.machine_description(args.threads)}", flush=True)
-  script = os.path.abspath(__file__)
-  base = ["--shape", args.shape, "--runs", str(args.runs), "--threads", str(args.threads),
-          "--overrides", args.overrides]
-  rows = []
-  for preset in args.preset.split(","):
-    ref_row = None
-    if not args.skip_jax:
-      for dtype in args.dtype.split(","):
-        print(f"# vrt-jax train step {preset} {dtype} ...", flush=True)
-        rows.append(common.run_worker([sys.executable, script, "--worker", "jax", "--preset",
-                                       preset, "--dtype", dtype, *base]))
-    if args.ref:
-      print(f"# PyTorch reference train step {preset} ...", flush=True)
-      kwargs = json.dumps({**presets.get_preset(preset), **json.loads(args.overrides)})
-      ref_row = common.run_worker([args.ref_python, script, "--worker", "torch", "--preset",
-                                   preset, "--ref", args.ref, "--kwargs", kwargs, *base])
-      rows.append(ref_row)
-    print()
-    common.print_table([r for r in rows if r["preset"] == preset], COLUMNS, ref_row)
-    print()
-  print(f"reproduce: {common.reproduce_line()}")
+  common.compare(args, os.path.abspath(__file__), COLUMNS, "train step",
+                 base=["--overrides", args.overrides], ref_overrides=json.loads(args.overrides))
 
 
 if __name__ == "__main__":

@@ -38,19 +38,6 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 
-TINY_CONFIG = textwrap.dedent("""\
-    import ml_collections
-    from vrt_jax import presets
-
-    def get_config():
-      config = ml_collections.ConfigDict()
-      config.preset = None
-      config.model = ml_collections.ConfigDict(presets.tiny())
-      config.task = "deblur"
-      config.scale = 1
-      return config
-    """)
-
 # Runs the restore CLI in this child process, then reports the child's own peak RSS. With
 # KILL_AT_FRAME set, the child SIGKILLs itself just before writing that output frame (a pre-empted
 # job), to show the rerun resuming there.
@@ -70,23 +57,13 @@ CHILD = textwrap.dedent("""\
 
 
 def write_weights(directory: Path) -> None:
-  """Random tiny-VRT params, exported like `python -m vrt_jax.convert` does."""
+  """Random tiny-VRT params, exported like `python -m vrt_jax.convert` does (with the record of
+  the model, so restore needs no --preset or --config)."""
   import vrt_jax
   from vrt_jax import checkpoint, presets
 
   model = vrt_jax.VRT(**presets.tiny())
-  rng = np.random.default_rng(0)
-
-  def fill(path, leaf):
-    name = jax.tree_util.keystr(path)
-    if "scale" in name:
-      return np.ones(leaf.shape, leaf.dtype)
-    if "bias" in name:
-      return np.zeros(leaf.shape, leaf.dtype)
-    return (0.05 * rng.standard_normal(leaf.shape)).astype(leaf.dtype)
-
-  params = jax.tree_util.tree_map_with_path(fill, checkpoint.abstract_params(model))
-  checkpoint.export_params(str(directory), params, presets.tiny())
+  checkpoint.export_params(str(directory), checkpoint.random_params(model), presets.tiny())
 
 
 def write_clip(folder: Path, num_frames: int, size: int) -> None:
@@ -116,11 +93,10 @@ def main() -> None:
   with tempfile.TemporaryDirectory() as tmp:
     tmp = Path(tmp)
     write_weights(tmp / "weights")
-    (tmp / "tiny_config.py").write_text(TINY_CONFIG)
     for n in lengths:
       write_clip(tmp / f"in{n}", n, args.size)
       cmd = [sys.executable, "-c", CHILD, str(tmp / f"in{n}"), str(tmp / f"out{n}"),
-             "--config", str(tmp / "tiny_config.py"), "--weights", str(tmp / "weights"),
+             "--weights", str(tmp / "weights"),
              "--tile", args.tile, "--tile_overlap", args.tile_overlap]
       env = {**os.environ, "JAX_PLATFORMS": "cpu"}
       killed_at = None

@@ -7,69 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from standins import Residual, standin_variables, write_tiny_setup
 
 from vrt_jax import eval_lib, inference, metrics, presets, video
 from vrt_jax.data import synthetic, testsets
 
 REPO = Path(__file__).resolve().parents[1]
-
-TINY_CONFIG = """\
-import ml_collections
-from vrt_jax import presets
-
-def get_config():
-  config = ml_collections.ConfigDict()
-  config.preset = None
-  config.model = ml_collections.ConfigDict(presets.tiny())
-  config.task = "deblur"
-  config.scale = 1
-  return config
-"""
-
-
-def write_tiny_setup(tmp_path):
-  """A config file for the tiny VRT and exported random weights for it (no slow model.init)."""
-  import vrt_jax
-  from vrt_jax import checkpoint
-
-  (tmp_path / "tiny_config.py").write_text(TINY_CONFIG)
-  model = vrt_jax.VRT(**presets.tiny())
-  rng = np.random.default_rng(0)
-
-  def fill(path, leaf):
-    name = jax.tree_util.keystr(path)
-    if "scale" in name:
-      return np.ones(leaf.shape, leaf.dtype)
-    if "bias" in name:
-      return np.zeros(leaf.shape, leaf.dtype)
-    return (0.05 * rng.standard_normal(leaf.shape)).astype(leaf.dtype)
-
-  params = jax.tree_util.tree_map_with_path(fill, checkpoint.abstract_params(model))
-  checkpoint.export_params(str(tmp_path / "weights"), params, presets.tiny())
-  return tmp_path / "tiny_config.py", tmp_path / "weights"
-
-
-class Residual(nn.Module):
-  """A fast stand-in with VRT's fields: y = x + 0.1 conv(x)."""
-
-  upscale: int = 1
-  in_chans: int = 3
-  out_chans: int = 3
-  window_size: tuple = (2, 8, 8)
-  img_size: tuple = (4, 16, 16)
-  pa_frames: int = 2
-  nonblind_denoising: bool = False
-
-  @nn.compact
-  def __call__(self, x, train=False):
-    return x + 0.1 * nn.Conv(self.out_chans, (1, 3, 3))(x)
-
 
 def make_reds_like(root, clips=("000", "011"), num_frames=6, size=64):
   """root/{lq,gt}/<clip>/%08d.png: motion-blurred synthetic clips and their sharp frames."""
@@ -112,8 +58,7 @@ def test_eval_script_prints_table_and_writes_results(tmp_path):
 
 def _standin():
   model = Residual()
-  variables = model.init(jax.random.key(0), jnp.zeros((1, 4, 16, 16, 3)))
-  return model, variables
+  return model, standin_variables(model)
 
 
 def test_evaluate_scores_the_right_frames(tmp_path):

@@ -1,12 +1,13 @@
 """Tiled inference reproduces the official test_video / test_clip procedure."""
 
-import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import standins
 
 from vrt_jax import inference
 
@@ -85,15 +86,7 @@ def oracle_test_video(lq, model_fn, *, tile, overlap, window, sf, nonblind):
 # A cheap deterministic stand-in whose output depends on temporal and spatial context, so any
 # tiling mistake changes the result.
 # ----------------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class FakeModel:
-  upscale: int = 2
-  window_size: tuple = (2, 8, 8)
-  in_chans: int = 3
-  out_chans: int = 3
-  img_size: tuple = (4, 16, 16)
-  pa_frames: int = 2
-  nonblind_denoising: bool = False
+FakeModel = functools.partial(standins.FakeModel, upscale=2)
 
 
 def fake_fn(x, sf=2, pa_frames=2):
@@ -190,16 +183,8 @@ def test_denoising_noise_map_channel_and_interpolation():
     inference.restore(vfi, None, _clip((1, 5, 32, 32, 3)), apply_fn=fn, progress=False)
 
 
-class ConvStandIn(nn.Module):
-  """A flax model with VRT's call signature and fields (used for the compile-count check)."""
-
-  upscale: int = 1
-  in_chans: int = 3
-  out_chans: int = 3
-  window_size: tuple = (2, 8, 8)
-  img_size: tuple = (4, 16, 16)
-  pa_frames: int = 2
-  nonblind_denoising: bool = False
+class ConvStandIn(standins.Residual):
+  """Residual plus the clip's mean: output depends on the whole tile (compile-count check)."""
 
   @nn.compact
   def __call__(self, x, train=False):
@@ -258,30 +243,13 @@ def test_bad_tiles_raise():
                       apply_fn=lambda v, x: fake_fn(x), progress=False)
 
 
-def random_variables(model, seed=0):
-  """Random VRT params from the abstract shapes (much faster than model.init on CPU)."""
-  from vrt_jax import checkpoint
-
-  rng = np.random.default_rng(seed)
-
-  def fill(path, leaf):
-    name = jax.tree_util.keystr(path)
-    if "scale" in name:
-      return np.ones(leaf.shape, leaf.dtype)
-    if "bias" in name:
-      return np.zeros(leaf.shape, leaf.dtype)
-    return (0.05 * rng.standard_normal(leaf.shape)).astype(leaf.dtype)
-
-  return {"params": jax.tree_util.tree_map_with_path(fill, checkpoint.abstract_params(model))}
-
-
 @pytest.mark.slow
 def test_tiny_vrt_tiled_matches_reference_procedure():
   import vrt_jax
-  from vrt_jax import presets
+  from vrt_jax import checkpoint, presets
 
   model = vrt_jax.VRT(**presets.tiny())
-  variables = random_variables(model)
+  variables = {"params": checkpoint.random_params(model)}
   rng = np.random.default_rng(7)
   lq = np.clip(0.5 + 0.1 * np.cumsum(rng.standard_normal((1, 8, 64, 72, 3)), axis=3), 0, 1)
   lq = lq.astype(np.float32)

@@ -6,7 +6,6 @@ checkpoint, the batch of a chosen step) through small wrappers in the child proc
 full disk is RLIMIT_FSIZE (writes fail with EFBIG) or an injected ENOSPC.
 """
 
-import dataclasses
 import errno
 import json
 import logging
@@ -21,11 +20,11 @@ import tracemalloc
 import zipfile
 from pathlib import Path
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from standins import FakeModel, standin_restorer
 
 from vrt_jax import checkpoint, eval_lib, inference, metrics, presets, restore, video
 from vrt_jax.data import layouts, pipeline, testsets
@@ -35,19 +34,8 @@ DATA = REPO / "tests" / "data"
 
 
 # ----------------------------------------------------------------------------------------------
-# Stand-ins: a numpy model (counts its calls) and a tiny flax model with VRT's fields.
+# Stand-ins: a numpy model that counts its calls (the flax ones are in standins.py).
 # ----------------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class FakeModel:
-  upscale: int = 1
-  window_size: tuple = (2, 8, 8)
-  in_chans: int = 3
-  out_chans: int = 3
-  img_size: tuple = (4, 16, 16)
-  pa_frames: int = 2
-  nonblind_denoising: bool = False
-
-
 class CountingFn:
   """apply_fn(variables, x) -> x + 0.1 * temporal mean, counting calls."""
 
@@ -58,27 +46,6 @@ class CountingFn:
     self.calls += 1
     x = np.asarray(x, np.float32)[..., :3]
     return x + 0.1 * x.mean(axis=1, keepdims=True)
-
-
-class Residual(nn.Module):
-  upscale: int = 1
-  in_chans: int = 3
-  out_chans: int = 3
-  window_size: tuple = (2, 8, 8)
-  img_size: tuple = (4, 16, 16)
-  pa_frames: int = 2
-  nonblind_denoising: bool = False
-
-  @nn.compact
-  def __call__(self, x, train=False):
-    return x[..., :3] + 0.1 * nn.Conv(self.out_chans, (1, 3, 3))(x)
-
-
-def standin_restorer(seed=0):
-  model = Residual()
-  variables = model.init(jax.random.key(seed), jnp.zeros((1, 4, 16, 16, 3)))
-  kwargs = dict(window_size=model.window_size, num_heads=[2], embed_dims=[16], upscale=1)
-  return restore.Restorer(model, variables, kwargs, None)
 
 
 def moving_clip(num_frames, h, w, seed=0):
@@ -319,7 +286,8 @@ def test_streaming_restore_host_memory_does_not_grow_with_clip_length():
 RESTORE_CHILD = textwrap.dedent("""\
     import os, signal, sys
     sys.path.insert(0, {repo!r})
-    from tests import test_reliability as tr
+    sys.path.insert(0, {repo!r} + "/tests")
+    import test_reliability as tr
     from vrt_jax import restore, video
 
     kill_at = int(os.environ["KILL_AT_FRAME"])

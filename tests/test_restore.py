@@ -4,53 +4,18 @@ import fractions
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import av
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from standins import standin_restorer, write_tiny_setup
 
 from vrt_jax import inference, metrics, presets, restore, video
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def write_tiny_setup(tmp_path):
-  """A config file for the tiny VRT and exported random weights for it."""
-  import vrt_jax
-  from vrt_jax import checkpoint
-
-  cfg = tmp_path / "tiny_config.py"
-  cfg.write_text(textwrap.dedent("""\
-      import ml_collections
-      from vrt_jax import presets
-
-      def get_config():
-        config = ml_collections.ConfigDict()
-        config.preset = None
-        config.model = ml_collections.ConfigDict(presets.tiny())
-        config.task = "deblur"
-        config.scale = 1
-        return config
-      """))
-  model = vrt_jax.VRT(**presets.tiny())
-  rng = np.random.default_rng(0)
-
-  def fill(path, leaf):
-    name = jax.tree_util.keystr(path)
-    if "scale" in name:
-      return np.ones(leaf.shape, leaf.dtype)
-    if "bias" in name:
-      return np.zeros(leaf.shape, leaf.dtype)
-    return (0.05 * rng.standard_normal(leaf.shape)).astype(leaf.dtype)
-
-  params = jax.tree_util.tree_map_with_path(fill, checkpoint.abstract_params(model))
-  checkpoint.export_params(str(tmp_path / "weights"), params, presets.tiny())
-  return cfg, tmp_path / "weights"
 
 
 def _clip(num_frames, h, w, seed=0):
@@ -61,13 +26,13 @@ def _clip(num_frames, h, w, seed=0):
 
 @pytest.mark.slow
 def test_mp4_round_trip_keeps_frame_count_and_rate(tmp_path):
-  cfg, weights = write_tiny_setup(tmp_path)
+  _, weights = write_tiny_setup(tmp_path)  # no --config: the export records its model
   rate = fractions.Fraction(30000, 1001)
   video.write_video(tmp_path / "in.mp4", _clip(7, 64, 64), fps=rate)
   out = tmp_path / "out.mp4"
   proc = subprocess.run(
       [sys.executable, "-m", "vrt_jax.restore", str(tmp_path / "in.mp4"), str(out),
-       "--config", str(cfg), "--weights", str(weights), "--tile", "6,64,64",
+       "--weights", str(weights), "--tile", "6,64,64",
        "--tile_overlap", "2,16,16"],
       cwd=REPO, capture_output=True, text=True, timeout=600,
       env={**os.environ, "JAX_PLATFORMS": "cpu"})
@@ -80,34 +45,10 @@ def test_mp4_round_trip_keeps_frame_count_and_rate(tmp_path):
   assert len(frames) == 7 and frames[0].shape == (64, 64, 3)
 
 
-class Residual(nn.Module):
-  """A stand-in with VRT's fields: y = x + conv(x) (fast; restore_video takes any such model)."""
-
-  upscale: int = 1
-  in_chans: int = 3
-  out_chans: int = 3
-  window_size: tuple = (2, 8, 8)
-  img_size: tuple = (4, 16, 16)
-  pa_frames: int = 2
-  nonblind_denoising: bool = False
-
-  @nn.compact
-  def __call__(self, x, train=False):
-    return x[..., :3] + 0.1 * nn.Conv(self.out_chans, (1, 3, 3))(x)
-
-
-def _standin_restorer(**fields):
-  model = Residual(**fields)
-  c = model.in_chans + (1 if model.nonblind_denoising else 0)
-  variables = model.init(jax.random.key(0), jnp.zeros((1, 4, 16, 16, c)))
-  kwargs = dict(window_size=model.window_size, num_heads=[2], embed_dims=[16], upscale=1)
-  return restore.Restorer(model, variables, kwargs, None)
-
-
 def test_frame_folder_resume_recomputes_only_missing_chunks(tmp_path):
   clip = _clip(11, 24, 40, seed=1)
   video.write_video(tmp_path / "in", clip)
-  r = _standin_restorer()
+  r = standin_restorer()
   kw = dict(tile=(4, 16, 16), tile_overlap=(1, 4, 4), progress=False)
   first = restore.restore_video(r, str(tmp_path / "in"), str(tmp_path / "out"), **kw)
   assert first["written"] == 11 and first["skipped"] == 0
@@ -130,7 +71,7 @@ def test_frame_folder_resume_recomputes_only_missing_chunks(tmp_path):
 
 def test_denoising_needs_sigma_and_appends_noise_map(tmp_path):
   video.write_video(tmp_path / "in", _clip(4, 16, 16))
-  r = _standin_restorer(nonblind_denoising=True)
+  r = standin_restorer(nonblind_denoising=True)
   with pytest.raises(ValueError, match="--sigma"):
     restore.restore_video(r, str(tmp_path / "in"), str(tmp_path / "out"), tile=(4, 16, 16),
                           progress=False)
@@ -140,7 +81,7 @@ def test_denoising_needs_sigma_and_appends_noise_map(tmp_path):
 
 
 def test_bad_inputs_raise(tmp_path):
-  r = _standin_restorer()
+  r = standin_restorer()
   (tmp_path / "fake.mp4").write_bytes(b"this is not a video")
   with pytest.raises(ValueError, match="not a readable video"):
     restore.restore_video(r, str(tmp_path / "fake.mp4"), str(tmp_path / "o"), progress=False)
@@ -195,3 +136,13 @@ def test_estimate_bounds_xla_memory_of_tiny_vrt():
   used = compiled.memory_analysis().temp_size_in_bytes
   estimate = restore.estimate_tile_bytes(presets.tiny(), (6, 64, 64))
   assert used <= estimate <= 3 * used
+
+
+def test_exported_weights_name_their_model(tmp_path):
+  _, weights = write_tiny_setup(tmp_path)
+  r = restore.load_restorer(preset=None, weights=str(weights))
+  assert r.model_kwargs == presets.tiny() and r.preset is None
+  assert r.model.embed_dims == presets.tiny()["embed_dims"]
+  (tmp_path / "bare").mkdir()
+  with pytest.raises(ValueError, match="does not say which model"):
+    restore.load_restorer(preset=None, weights=str(tmp_path / "bare"))

@@ -115,6 +115,31 @@ def example_input(model: Any) -> jax.ShapeDtypeStruct:
 abstract_params = convert.abstract_params
 
 
+def random_params(model: Any, seed: int = 0) -> Any:
+  """Random float32 parameters of `model` (numpy arrays) without compiling `model.init`.
+
+  On CPU `jax.jit(model.init)` compiles the whole network, as slow as a forward's first call;
+  the shapes come from `abstract_params` instead. Values follow PyTorch's default init:
+  kernels U(-1/sqrt(fan_in), 1/sqrt(fan_in)), LayerNorm scales 1, biases 0, other parameters
+  (the relative-position-bias tables) N(0, 0.02). For benchmarks, tests and smoke runs;
+  training starts from `model.init`.
+  """
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    name = str(getattr(path[-1], "key", path[-1]))
+    if name == "bias":
+      return np.zeros(leaf.shape, leaf.dtype)
+    if name == "scale":
+      return np.ones(leaf.shape, leaf.dtype)
+    if name.endswith("kernel"):
+      bound = 1 / np.sqrt(max(1, int(np.prod(leaf.shape[:-1]))))
+      return rng.uniform(-bound, bound, leaf.shape).astype(leaf.dtype)
+    return (0.02 * rng.standard_normal(leaf.shape)).astype(leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(fill, abstract_params(model))
+
+
 def export_params(directory: str, params: Any, model_kwargs: dict[str, Any],
                   preset: str | None = None) -> None:
   """Writes `directory/model_config.json` and `directory/params/` (Orbax StandardCheckpointer).

@@ -154,7 +154,8 @@ class Restorer:
 
 def load_restorer(*, preset: str | None, weights: str, config: str | None = None,
                   checkpoint_fallback: bool = False) -> Restorer:
-  """Model kwargs from --config (its `model`), else --preset; weights via checkpoint.load_params.
+  """Model kwargs from --config (its `model`), else --preset, else the record an exported
+  weights directory keeps (`model_config.json`); weights via checkpoint.load_params.
 
   checkpoint_fallback: for a training workdir whose latest checkpoint is unreadable, load the
   latest earlier one that is readable (with a warning) instead of failing.
@@ -168,8 +169,12 @@ def load_restorer(*, preset: str | None, weights: str, config: str | None = None
     preset = preset or cfg.get("preset")
   elif preset:
     kwargs = presets.get_preset(preset)
+  elif os.path.isfile(os.path.join(weights, checkpoint.MODEL_CONFIG)):
+    record = checkpoint.read_model_config(weights)
+    kwargs, preset = record["model"], record["preset"]
   else:
-    raise ValueError("give --preset NAME (one of the released models) or --config FILE")
+    raise ValueError(f"{weights} does not say which model it holds: give --preset NAME (one of "
+                     "the released models) or --config FILE")
   model = vrt_jax.VRT(**kwargs)
   if model.pa_frames == 0:
     raise ValueError("frame interpolation models (pa_frames 0) map 4 frames to 1 in-between "
@@ -310,7 +315,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   parser.add_argument("output", help="frame folder or video file (.mp4, ...)")
   parser.add_argument("--preset", choices=sorted(presets.PRESETS), help="released model name")
   parser.add_argument("--weights", required=True,
-                      help="official .pth, exported params directory or training workdir")
+                      help="official .pth, exported params directory (its model_config.json "
+                           "names the model: no --preset needed) or training workdir")
   parser.add_argument("--config", help="config file whose `model` replaces the preset's")
   parser.add_argument("--memory_budget_mb", type=float,
                       help="device memory for one tile; shrinks the tiles to fit")

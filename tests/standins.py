@@ -1,0 +1,77 @@
+"""Shared test fixtures: a fast stand-in for VRT and a tiny VRT with exported random weights."""
+
+import dataclasses
+import textwrap
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+import vrt_jax
+from vrt_jax import checkpoint, presets, restore
+
+TINY_CONFIG = textwrap.dedent("""\
+    import ml_collections
+    from vrt_jax import presets
+
+    def get_config():
+      config = ml_collections.ConfigDict()
+      config.preset = None
+      config.model = ml_collections.ConfigDict(presets.tiny())
+      config.task = "deblur"
+      config.scale = 1
+      return config
+    """)
+
+
+@dataclasses.dataclass(frozen=True)
+class FakeModel:
+  """VRT's fields only, for numpy stand-ins passed to inference as `apply_fn`."""
+
+  upscale: int = 1
+  window_size: tuple = (2, 8, 8)
+  in_chans: int = 3
+  out_chans: int = 3
+  img_size: tuple = (4, 16, 16)
+  pa_frames: int = 2
+  nonblind_denoising: bool = False
+
+
+class Residual(nn.Module):
+  """A stand-in with VRT's fields and call signature: y = x + 0.1 conv(x) (RGB channels).
+
+  Restoring, tiling and evaluation take any such model; this one compiles in a second.
+  """
+
+  upscale: int = 1
+  in_chans: int = 3
+  out_chans: int = 3
+  window_size: tuple = (2, 8, 8)
+  img_size: tuple = (4, 16, 16)
+  pa_frames: int = 2
+  nonblind_denoising: bool = False
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    return x[..., :3] + 0.1 * nn.Conv(self.out_chans, (1, 3, 3))(x)
+
+
+def standin_variables(model: Residual, seed: int = 0):
+  c = model.in_chans + (1 if model.nonblind_denoising else 0)
+  return model.init(jax.random.key(seed), jnp.zeros((1, 4, 16, 16, c)))
+
+
+def standin_restorer(seed: int = 0, **fields) -> restore.Restorer:
+  model = Residual(**fields)
+  kwargs = dict(window_size=model.window_size, num_heads=[2], embed_dims=[16], upscale=1)
+  return restore.Restorer(model, standin_variables(model, seed), kwargs, None)
+
+
+def write_tiny_setup(directory):
+  """directory/tiny_config.py (the tiny VRT, deblurring) and directory/weights (random params
+  exported like `python -m vrt_jax.convert` does); returns both paths."""
+  (directory / "tiny_config.py").write_text(TINY_CONFIG)
+  model = vrt_jax.VRT(**presets.tiny())
+  checkpoint.export_params(str(directory / "weights"), checkpoint.random_params(model),
+                           presets.tiny())
+  return directory / "tiny_config.py", directory / "weights"
