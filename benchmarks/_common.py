@@ -150,10 +150,18 @@ def torch_reference_model(ref: str, kwargs: dict[str, Any]) -> Any:
   return VRT(**kwargs)
 
 
+def preset_kwargs(name: str) -> dict[str, Any]:
+  """VRT kwargs of an official model name, or of `tiny` (vrt_jax.presets.tiny: a smoke test)."""
+  from vrt_jax import presets
+
+  return presets.tiny() if name == "tiny" else presets.get_preset(name)
+
+
 def add_arguments(parser: Any, preset: str) -> None:
   """The options both benchmark scripts share (the worker ones hidden)."""
   parser.add_argument("--preset", default=preset,
-                      help="official model name (vrt_jax.presets.PRESETS); comma-separated list ok")
+                      help="official model name (vrt_jax.presets.PRESETS) or tiny; comma-separated "
+                           "list ok")
   parser.add_argument("--shape", default="1,6,64,64,3", help="input B,T,H,W,C (channels-last)")
   parser.add_argument("--runs", type=int, default=3, help="timed calls after the first (>= 3)")
   parser.add_argument("--threads", type=int, default=2, help="CPUs / threads for both (0: all)")
@@ -187,8 +195,6 @@ def compare(args: Any, script: str, columns: Sequence[tuple[str, str, str]], wha
   (when --ref is given), then the table with ours / reference ratios and the command line."""
   if args.runs < 1:
     raise ValueError(f"--runs must be >= 1, got {args.runs}")
-  from vrt_jax import presets  # Plain dicts; no jax import needed.
-
   print(f"# machine: {machine_description(args.threads)}", flush=True)
   base = ["--shape", args.shape, "--runs", str(args.runs), "--threads", str(args.threads), *base]
   rows = []
@@ -201,7 +207,7 @@ def compare(args: Any, script: str, columns: Sequence[tuple[str, str, str]], wha
                                 "--dtype", dtype, *base, *jax_extra]))
     if args.ref:
       print(f"# PyTorch reference {what} {preset} ...", flush=True)
-      kwargs = json.dumps({**presets.get_preset(preset), **(ref_overrides or {})})
+      kwargs = json.dumps({**preset_kwargs(preset), **(ref_overrides or {})})
       ref_row = run_worker([args.ref_python, script, "--worker", "torch", "--preset", preset,
                             "--ref", args.ref, "--kwargs", kwargs, *base])
       rows.append(ref_row)

@@ -45,7 +45,7 @@ def jax_worker(args: argparse.Namespace) -> None:
   from vrt_jax import checkpoint, inference
 
   shape = common.parse_shape(args.shape)
-  kwargs = vrt_jax.presets.get_preset(args.preset)
+  kwargs = common.preset_kwargs(args.preset)
   if args.dtype != "float32":
     kwargs["dtype"] = jnp.dtype(args.dtype)
   model = vrt_jax.VRT(**kwargs)

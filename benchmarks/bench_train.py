@@ -44,7 +44,7 @@ def jax_worker(args: argparse.Namespace) -> None:
   from vrt_jax import checkpoint
 
   b, t, h, w, c = common.parse_shape(args.shape)
-  kwargs = {**vrt_jax.presets.get_preset(args.preset), **json.loads(args.overrides)}
+  kwargs = {**common.preset_kwargs(args.preset), **json.loads(args.overrides)}
   if args.dtype != "float32":
     kwargs["dtype"] = jnp.dtype(args.dtype)
   model = vrt_jax.VRT(**kwargs)
