@@ -54,18 +54,21 @@ def _conv(padding: int) -> Callable[[jax.Array, jax.Array], jax.Array]:
     kh, kw, cin, cout = kernel.shape
     n, ho, wo, _ = dy.shape
     xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
-    dy2 = dy.reshape(-1, cout)
+    dy3 = dy.reshape(n, -1, cout)
 
-    # One tap per iteration, so that a single shifted copy of x exists at a time.
+    # One tap per iteration, so that a single shifted copy of x exists at a time. The loop keeps
+    # one partial sum per image and sums them after it: under data parallelism a sum over the
+    # batch inside the loop would be a cross-device all-reduce per tap, which on XLA's CPU
+    # backend blocks worker threads (many fake devices on few cores deadlock).
     def tap(t, dk):
       i, j = t // kw, t % kw
-      shifted = jax.lax.dynamic_slice(xp, (0, i, j, 0), (n, ho, wo, cin)).reshape(-1, cin)
-      g = jnp.dot(shifted.T, dy2, preferred_element_type=jnp.float32)
+      shifted = jax.lax.dynamic_slice(xp, (0, i, j, 0), (n, ho, wo, cin)).reshape(n, -1, cin)
+      g = jnp.einsum("nrc,nrd->ncd", shifted, dy3, preferred_element_type=jnp.float32)
       return jax.lax.dynamic_update_index_in_dim(dk, g.astype(dk.dtype), t, 0)
 
-    dk = jnp.zeros((kh * kw, cin, cout), kernel.dtype)
+    dk = memory.after(jnp.zeros((kh * kw, n, cin, cout), kernel.dtype), dy)
     dk = jax.lax.fori_loop(0, kh * kw, tap, dk) if kh * kw > 1 else tap(0, dk)
-    return dx, dk.reshape(kernel.shape)
+    return dx, jnp.sum(dk, axis=1).reshape(kernel.shape)
 
   conv.defvjp(conv_fwd, conv_bwd)
   return conv
