@@ -27,7 +27,6 @@ def _naive_attention(q, k, v, scale, bias, labels):
 def test_window_attention_values_and_gradients(monkeypatch, loop, masked):
   if loop:  # Force the chunked loop with recomputation on tiny windows.
     monkeypatch.setattr(attention, "_LOGITS_BYTES_PER_STEP", 2 * 3 * 16 * 16 * 4)
-    monkeypatch.setattr(attention, "_LOGITS_BYTES_NO_LOOP", 0)
   rng = np.random.default_rng(0)
   b, nw, nh, n, hd = 2, 4, 3, 16, 5
   q, k, v = (jnp.asarray(rng.standard_normal((b * nw, nh, n, hd)), jnp.float32)

@@ -138,9 +138,6 @@ def sine_position_encoding(hw: tuple[int, int], num_pos_feats: int,
 # stay in cache between the two matmuls and the softmax (on CPU 2-4x faster than materialising
 # the logits of all windows at once, and far less memory).
 _LOGITS_BYTES_PER_STEP = 4 << 20
-# Below this many bytes of logits in all, one batched computation: the loop's gain is small there
-# and XLA's CPU buffer assignment does not share loop buffers between loops (memory).
-_LOGITS_BYTES_NO_LOOP = 0
 
 
 def mask_patterns(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -176,8 +173,6 @@ def _attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: float,
   b = b_ // nw
   step_bytes = b * nh * n * n * 4
   chunk = memory.chunk_size(nw, step_bytes, _LOGITS_BYTES_PER_STEP)
-  if nw * step_bytes <= _LOGITS_BYTES_NO_LOOP:
-    chunk = nw
 
   def to_windows(t):  # (B * nW, ...) -> (nW, B, ...)
     return t.reshape(b, nw, *t.shape[1:]).swapaxes(0, 1)

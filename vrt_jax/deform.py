@@ -144,11 +144,11 @@ class DCNv2PackFlowGuided(nn.Module):
     h = jnp.concatenate([*x_flow_warpeds, x_current, *flows], axis=-1)
     for i in range(3):
       h = Conv(c, (3, 3), padding=1, kernel_init=torch_conv_init(), dtype=self.dtype,
-                  name=f"conv_offset_{2 * i}")(h)
+               name=f"conv_offset_{2 * i}")(h)
       h = nn.leaky_relu(h, 0.1)
     # Offsets and mask (sampling positions) in float32 whatever the compute dtype.
     h = Conv(27 * dg, (3, 3), padding=1, kernel_init=nn.initializers.zeros, dtype=jnp.float32,
-                name="conv_offset_6")(h)
+             name="conv_offset_6")(h)
     o1, o2, m = jnp.split(h, 3, axis=-1)
     offset = self.max_residue_magnitude * jnp.tanh(jnp.concatenate([o1, o2], axis=-1))
     parts = jnp.split(offset, len(flows), axis=-1)

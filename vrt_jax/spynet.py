@@ -34,7 +34,7 @@ class BasicModule(nn.Module):
     features = (32, 64, 32, 16, 2)
     for i, f in enumerate(features):
       x = Conv(f, (7, 7), padding=3, kernel_init=torch_conv_init(),
-                  name=f"basic_module_{2 * i}")(x)
+               name=f"basic_module_{2 * i}")(x)
       if i < len(features) - 1:
         x = nn.relu(x)
     return x

@@ -37,7 +37,7 @@ def conv_frames(x: jax.Array, features: int, kernel: int, name: str, padding: in
   """
   b, t = x.shape[:2]
   conv = Conv(features, (kernel, kernel), padding=padding,
-                 kernel_init=kernel_init or torch_conv_init(), dtype=dtype, name=name)
+              kernel_init=kernel_init or torch_conv_init(), dtype=dtype, name=name)
   y = conv(x.reshape(b * t, *x.shape[2:]))
   return y.reshape(b, t, *y.shape[1:])
 
@@ -264,7 +264,7 @@ class VRT(nn.Module):
              *[(f"upsample_{5 * i}", r * r * num_feat) for i, r in enumerate(factors)],
              (f"upsample_{5 * len(factors)}", num_feat), ("conv_last", self.out_chans)]
     convs = {name: Conv(f, (3, 3), padding=1, kernel_init=torch_conv_init(), dtype=dt,
-                           name=name) for name, f in specs}
+                        name=name) for name, f in specs}
     b, t, h, w, c = x_lq.shape
     size = (h * self.upscale, w * self.upscale)
 
@@ -303,10 +303,10 @@ class VRT(nn.Module):
     b, t, h, w, c = x.shape
     x = x.transpose(0, 2, 3, 1, 4).reshape(b, h, w, t * c)  # Frames stacked along channels.
     x = nn.leaky_relu(Conv(64, (1, 1), kernel_init=torch_conv_init(), dtype=dt,
-                              name="linear_fuse")(x), 0.2)
+                           name="linear_fuse")(x), 0.2)
     x = jnp.pad(x, ((0, 0), (3, 3), (3, 3), (0, 0)), mode="reflect")
     x = Conv(self.out_chans, (7, 7), padding="VALID", kernel_init=torch_conv_init(), dtype=dt,
-                name="conv_last")(x).astype(x_mean.dtype)
+             name="conv_last")(x).astype(x_mean.dtype)
     x = x.reshape(b, h, w, self.out_chans // 3, 3).transpose(0, 3, 1, 2, 4)
     return x + x_mean
 
