@@ -8,38 +8,59 @@ import pytest
 from vrt_jax import attention, memory
 
 
-def _naive_attention(q, k, v, scale, bias, labels):
-  """Softmax window attention over all windows at once, no loop, no recomputation."""
-  b_, nh, n, hd = q.shape
-  attn = jnp.einsum("whqd,whkd->whqk", q * scale, k)
-  if bias is not None:
-    attn = attn + bias
-  if labels is not None:
-    mask = attention.mask_from_labels(jnp.asarray(labels))  # (nW, N, N)
-    attn = attn.reshape(-1, labels.shape[0], nh, n, n) + mask[None, :, None]
-    attn = attn.reshape(b_, nh, n, n)
-  out = jnp.einsum("whqk,whkd->wqhd", jax.nn.softmax(attn, -1), v)
-  return out.reshape(b_, n, nh * hd)
+def _naive_attention(qkv, qkv_mut, nh, scale, bias, labels):
+  """Self (+ mutual) window attention over all windows at once: no loop, no recomputation."""
+  b_, n, c3 = qkv.shape
+  hd = c3 // (3 * nh)
+
+  def heads(t):
+    t = t.reshape(b_, n, 3, nh, hd).transpose(2, 0, 3, 1, 4)
+    return t[0], t[1], t[2]
+
+  def mask(labels):  # (B_, 1, N', N') or 0.
+    if labels is None:
+      return 0.
+    m = attention.mask_from_labels(jnp.asarray(labels))  # (nW, N', N')
+    return jnp.tile(m, (b_ // labels.shape[0], 1, 1))[:, None]
+
+  def attend(q, k, v, bias, mask):
+    s = jnp.einsum("whqd,whkd->whqk", q * scale, k) + bias + mask
+    out = jnp.einsum("whqk,whkd->wqhd", jax.nn.softmax(s, -1), v)
+    return out.reshape(b_, -1, nh * hd)
+
+  out = attend(*heads(qkv), 0. if bias is None else bias, mask(labels))
+  if qkv_mut is None:
+    return out
+  q, k, v = heads(qkv_mut)
+  h = n // 2
+  m = mask(None if labels is None else labels[:, :h])
+  x1 = attend(q[:, :, h:], k[:, :, :h], v[:, :, :h], 0., m)
+  x2 = attend(q[:, :, :h], k[:, :, h:], v[:, :, h:], 0., m)
+  return jnp.concatenate([jnp.concatenate([x1, x2], axis=1), out], axis=2)
 
 
 @pytest.mark.parametrize("loop", [False, True])
 @pytest.mark.parametrize("masked", [False, True])
-def test_window_attention_values_and_gradients(monkeypatch, loop, masked):
+@pytest.mark.parametrize("mutual", [False, True])
+def test_window_attention_values_and_gradients(monkeypatch, loop, masked, mutual):
   if loop:  # Force the chunked loop with recomputation on tiny windows.
     monkeypatch.setattr(attention, "_LOGITS_BYTES_PER_STEP", 2 * 3 * 16 * 16 * 4)
   rng = np.random.default_rng(0)
   b, nw, nh, n, hd = 2, 4, 3, 16, 5
-  q, k, v = (jnp.asarray(rng.standard_normal((b * nw, nh, n, hd)), jnp.float32)
-             for _ in range(3))
+  qkv, qkv_mut = (jnp.asarray(rng.standard_normal((b * nw, n, 3 * nh * hd)), jnp.float32)
+                  for _ in range(2))
   bias = jnp.asarray(rng.standard_normal((nh, n, n)), jnp.float32)
   labels = rng.integers(0, 3, (nw, n)).astype(np.int32) if masked else None
+  args = (qkv, qkv_mut, bias)
 
-  def loss(fn, q, k, v, bias):
-    return jnp.sum(jnp.sin(fn(q, k, v, 0.5, bias, labels)))
+  def loss(fn, qkv, qkv_mut, bias):
+    out = fn(qkv, qkv_mut if mutual else None, nh, 0.5, bias, labels)
+    assert out.shape == (b * nw, n, (2 if mutual else 1) * nh * hd)
+    return jnp.sum(jnp.sin(out))
 
-  got = jax.jit(jax.value_and_grad(lambda *a: loss(attention._attention, *a), (0, 1, 2, 3)))(
-      q, k, v, bias)
-  want = jax.value_and_grad(lambda *a: loss(_naive_attention, *a), (0, 1, 2, 3))(q, k, v, bias)
+  argnums = tuple(range(len(args)))
+  got = jax.jit(jax.value_and_grad(lambda *a: loss(attention._attention, *a), argnums))(*args)
+  want = jax.value_and_grad(lambda *a: loss(_naive_attention, *a), argnums)(*args)
   np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-4)
   for g, w in zip(got[1], want[1], strict=True):
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)

@@ -155,137 +155,186 @@ def mask_patterns(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return mask_from_labels(unique), index.reshape(-1).astype(np.int32)
 
 
-def _attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: float,
+def _attention(qkv: jax.Array, qkv_mut: jax.Array | None, num_heads: int, scale: float,
                bias: jax.Array | None, labels: np.ndarray | None) -> jax.Array:
-  """Softmax attention within windows, looping over windows in cache-sized chunks.
+  """Self attention, and mutual attention, within windows, in cache-sized chunks of windows.
 
-  q, k, v (B_, heads, N, hd) with B_ = B * nW (window-major within each sample); bias
-  (heads, N, N); labels (nW, N) region labels of the shifted-window mask (`compute_mask_labels`)
-  or None -> (B_, N, heads * hd). The softmax is computed in float32.
+  qkv, qkv_mut (B_, N, 3 * C): the projections in the Dense layers' layout (q, k, v; heads;
+  head dim), B_ = B * nW window-major within each sample; qkv_mut None for self attention
+  only; bias (heads, N, N) relative position bias or None; labels (nW, N) region labels of the
+  shifted-window mask (`compute_mask_labels`) or None. Returns (B_, N, 2C): [mutual | self]
+  (frame 2 querying frame 1, then frame 1 querying frame 2, along the tokens), or (B_, N, C)
+  without qkv_mut. The softmax is computed in float32.
 
-  The gradient is FlashAttention's (Dao et al., 2022): the backward pass recomputes each chunk's
-  probabilities from the saved log-sum-exp, and takes the softmax's row sums from the output
-  (sum(dO * O) over hd) instead of from the N x N probabilities. No logits are kept between the
-  passes.
+  Heads are split off window by window inside the loop, from the projections as the Dense
+  layers wrote them: up front they would be nine full-size transposed copies, each faulting in
+  fresh memory when training. The gradient is FlashAttention's (Dao et al., 2022): the backward
+  pass recomputes each chunk's probabilities from the saved log-sum-exp, and takes the
+  softmax's row sums from the output (sum(dO * O) over hd) instead of from the N x N
+  probabilities. No logits are kept between the passes.
   """
-  b_, nh, n, hd = q.shape
+  b_, n, c3 = qkv.shape
   nw = b_ if labels is None else labels.shape[0]
-  b = b_ // nw
-  step_bytes = b * nh * n * n * 4
-  chunk = memory.chunk_size(nw, step_bytes, _LOGITS_BYTES_PER_STEP)
-
-  def to_windows(t):  # (B * nW, ...) -> (nW, B, ...)
-    return t.reshape(b, nw, *t.shape[1:]).swapaxes(0, 1)
+  chunk = memory.chunk_size(b_, num_heads * n * n * 4, _LOGITS_BYTES_PER_STEP)
 
   # Masks are looked up per window from the few distinct ones: XLA's CPU code for an (N, N)
   # mask built from row and column labels inside the softmax fusion is not vectorised (5x
-  # slower). The window index travels as floats (exact small integers) so that it can be an
-  # argument of the custom gradient; `after` keeps XLA from computing constants at program start.
-  if labels is None:
-    masks, index = jnp.zeros((1, 1, 1), jnp.float32), jnp.zeros((nw,), jnp.float32)
-  else:
-    masks, index = mask_patterns(np.asarray(labels))
-    masks, index = memory.after((jnp.asarray(masks), jnp.asarray(index, jnp.float32)), q)
+  # slower). Window indices travel as floats (exact small integers) so that they can be
+  # arguments of the custom gradient; `after` keeps XLA from computing constants at program
+  # start. The reference masks both directions of the mutual attention with the frame-0 x
+  # frame-0 block of the mask.
+  masks = []
+  for part in (slice(None), slice(0, n // 2)):
+    if labels is None:
+      masks.append((jnp.zeros((1, 1, 1), jnp.float32), jnp.zeros((b_,), jnp.float32)))
+    else:
+      m, index = mask_patterns(np.asarray(labels)[:, part])
+      masks.append(memory.after((jnp.asarray(m), jnp.asarray(np.tile(index, b_ // nw),
+                                                              jnp.float32)), qkv))
   bias_in = (jnp.zeros((), jnp.float32) if bias is None
-             else memory.after(bias.astype(jnp.float32), q))
-  attend = _window_attention(float(scale), chunk, labels is not None, bias is not None)
-  out = attend(to_windows(q), to_windows(k), to_windows(v), bias_in, masks, index)
-  return out.swapaxes(0, 1).reshape(b_, n, nh * hd)  # From (nW, B, N, heads, hd).
+             else memory.after(bias.astype(jnp.float32), qkv))
+  mut_in = jnp.zeros((b_, 0, c3), qkv.dtype) if qkv_mut is None else qkv_mut
+  attend = _window_attention(num_heads, float(scale), chunk, labels is not None,
+                             bias is not None, qkv_mut is not None)
+  return attend(qkv, mut_in, bias_in, *masks[0], *masks[1])
 
 
 @functools.cache
-def _window_attention(scale: float, chunk: int, masked: bool,
-                      biased: bool) -> Callable[..., jax.Array]:
-  """Attention over (nW, B, heads, N, hd) windows, `chunk` windows at a time, with its gradient.
+def _window_attention(nh: int, scale: float, chunk: int, masked: bool, biased: bool,
+                      mutual: bool) -> Callable[..., jax.Array]:
+  """`_attention`'s loop over chunks of windows, with its gradient.
 
-  Returns f(q, k, v, bias, masks, index) -> (nW, B, N, heads, hd); bias (heads, N, N) (ignored
-  unless `biased`); masks (P, N, N) and index (nW,) from `mask_patterns` (ignored unless
-  `masked`).
+  Returns f(qkv, qkv_mut, bias, masks, index, masks_mut, index_mut) -> (B_, N, 2C or C);
+  masks (P, N, N) and index (B_,) from `mask_patterns` for the self attention, masks_mut and
+  index_mut for the mutual attention (all ignored unless `masked`); bias ignored unless
+  `biased`, qkv_mut unless `mutual`.
   """
 
-  def logits(q, k, bias, masks, index):  # A chunk -> (c, B, heads, N, N) float32.
-    s = jnp.einsum("cbhqd,cbhkd->cbhqk", q * jnp.asarray(scale, q.dtype), k,
+  def split(t):  # (c, N, 3C) -> q, k, v (c, heads, N, hd)
+    t = t.reshape(t.shape[0], t.shape[1], 3, nh, -1).transpose(2, 0, 3, 1, 4)
+    return t[0], t[1], t[2]
+
+  def merge(dq, dk, dv):  # The inverse of split.
+    t = jnp.stack([dq, dk, dv]).transpose(1, 3, 0, 2, 4)
+    return t.reshape(t.shape[0], t.shape[1], -1)
+
+  def logits(q, k, bias, mask):  # -> (c, heads, Nq, Nk) float32.
+    s = jnp.einsum("chqd,chkd->chqk", q * jnp.asarray(scale, q.dtype), k,
                    preferred_element_type=jnp.float32)
-    if biased:
+    if bias is not None:
       s = s + bias
-    if masked:
-      s = s + masks[index.astype(jnp.int32)][:, None, None]
+    if mask is not None:
+      s = s + mask[:, None]
     return s
 
-  def forward_chunk(q, k, v, bias, masks, index):
-    s = logits(q, k, bias, masks, index)
+  def forward_one(q, k, v, bias, mask):  # -> out (c, Nq, heads * hd), lse (c, heads, Nq)
+    s = logits(q, k, bias, mask)
     m = jnp.max(s, axis=-1, keepdims=True)
     e = jnp.exp(s - m)
     total = jnp.sum(e, axis=-1, keepdims=True)
     # Normalised after the matmul: N x hd divisions instead of N x N. Heads-major matmul,
-    # transposed after a barrier (see backward_chunk).
-    out = jnp.einsum("cbhqk,cbhkd->cbhqd", e.astype(v.dtype), v,
+    # transposed after a barrier (see backward_one).
+    out = jnp.einsum("chqk,chkd->chqd", e.astype(v.dtype), v,
                      preferred_element_type=jnp.float32) / total
-    out = jax.lax.optimization_barrier(out.astype(v.dtype)).swapaxes(2, 3)
-    return out, (m + jnp.log(total))[..., 0]
+    out = jax.lax.optimization_barrier(out.astype(v.dtype)).swapaxes(1, 2)
+    return out.reshape(out.shape[0], out.shape[1], -1), (m + jnp.log(total))[..., 0]
 
-  def backward_chunk(q, k, v, bias, masks, index, out, lse, dout):
-    p = jnp.exp(logits(q, k, bias, masks, index) - lse[..., None])
-    dout_h = dout.swapaxes(2, 3)  # (c, B, heads, N, hd)
-    dp = jnp.einsum("cbhqd,cbhkd->cbhqk", dout_h, v, preferred_element_type=jnp.float32)
-    rows = jnp.sum(dout.astype(jnp.float32) * out.astype(jnp.float32), axis=-1).swapaxes(2, 3)
+  def backward_one(q, k, v, bias, mask, out, lse, dout):  # out, dout (c, Nq, heads * hd)
+    p = jnp.exp(logits(q, k, bias, mask) - lse[..., None])
+    c, nq = dout.shape[:2]
+    dout_h = dout.reshape(c, nq, nh, -1).swapaxes(1, 2)  # (c, heads, Nq, hd)
+    dp = jnp.einsum("chqd,chkd->chqk", dout_h, v, preferred_element_type=jnp.float32)
+    rows = jnp.sum((dout.astype(jnp.float32) * out.astype(jnp.float32)).reshape(c, nq, nh, -1),
+                   axis=-1).swapaxes(1, 2)
     ds = p * (dp - rows[..., None])
     # dV and dK contract over the query axis of P and dS. XLA's CPU matmul is about 3x slower
     # when it has to transpose an N x N operand, so the small operands are transposed instead
     # (dV^T = dO^T P, (hd, N)), behind barriers that keep XLA from folding the transposes back
     # into the matmuls.
     dout_t, q_t = jax.lax.optimization_barrier(
-        (dout_h.swapaxes(3, 4), (q * jnp.asarray(scale, q.dtype)).swapaxes(3, 4)))
+        (dout_h.swapaxes(2, 3), (q * jnp.asarray(scale, q.dtype)).swapaxes(2, 3)))
     ds_c = ds.astype(q.dtype)
     dv_t, dk_t = jax.lax.optimization_barrier(
-        (jnp.einsum("cbhdq,cbhqk->cbhdk", dout_t, p.astype(v.dtype)),
-         jnp.einsum("cbhdq,cbhqk->cbhdk", q_t, ds_c)))
-    dv, dk = dv_t.swapaxes(3, 4), dk_t.swapaxes(3, 4)
-    dq = jnp.einsum("cbhqk,cbhkd->cbhqd", ds_c, k) * jnp.asarray(scale, q.dtype)
+        (jnp.einsum("chdq,chqk->chdk", dout_t, p.astype(v.dtype)),
+         jnp.einsum("chdq,chqk->chdk", q_t, ds_c)))
+    dq = jnp.einsum("chqk,chkd->chqd", ds_c, k) * jnp.asarray(scale, q.dtype)
+    return dq, dk_t.swapaxes(2, 3), dv_t.swapaxes(2, 3), ds
+
+  def chunk_masks(masks, index):
+    return masks[index.astype(jnp.int32)] if masked else None
+
+  def forward_chunk(qkv, qkv_mut, bias, masks, index, masks_mut, index_mut):
+    bias = bias if biased else None
+    out, lse = forward_one(*split(qkv), bias, chunk_masks(masks, index))
+    if not mutual:
+      return out, (lse,)
+    q, k, v = split(qkv_mut)
+    half = q.shape[2] // 2
+    mask = chunk_masks(masks_mut, index_mut)
+    x1, l1 = forward_one(q[:, :, half:], k[:, :, :half], v[:, :, :half], None, mask)
+    x2, l2 = forward_one(q[:, :, :half], k[:, :, half:], v[:, :, half:], None, mask)
+    out = jnp.concatenate([jnp.concatenate([x1, x2], axis=1), out], axis=2)
+    return out, (lse, jnp.concatenate([l1, l2], axis=2))
+
+  def backward_chunk(qkv, qkv_mut, bias, masks, index, masks_mut, index_mut, out, lse, dout):
+    c = out.shape[-1] // 2 if mutual else out.shape[-1]
+    self_out, self_dout = out[..., -c:], dout[..., -c:]
+    dq, dk, dv, ds = backward_one(*split(qkv), bias if biased else None,
+                                  chunk_masks(masks, index), self_out, lse[0], self_dout)
     # The bias gradient sums over windows: written as additions, as XLA's CPU reduction over a
     # leading axis is several times slower.
-    flat = ds.reshape(-1, *ds.shape[2:])
-    dbias = functools.reduce(jnp.add, [flat[i] for i in range(flat.shape[0])]) if biased else None
-    return dq, dk, dv, dbias
+    dbias = functools.reduce(jnp.add, [ds[i] for i in range(ds.shape[0])]) if biased else None
+    grads = [merge(dq, dk, dv)]
+    if mutual:
+      q, k, v = split(qkv_mut)
+      half = q.shape[2] // 2
+      mask = chunk_masks(masks_mut, index_mut)
+      mo, md = out[..., :c], dout[..., :c]
+      dq1, dk1, dv1, _ = backward_one(q[:, :, half:], k[:, :, :half], v[:, :, :half], None, mask,
+                                      mo[:, :half], lse[1][..., :half], md[:, :half])
+      dq2, dk2, dv2, _ = backward_one(q[:, :, :half], k[:, :, half:], v[:, :, half:], None, mask,
+                                      mo[:, half:], lse[1][..., half:], md[:, half:])
+      cat = lambda a, b: jnp.concatenate([a, b], axis=2)
+      grads.append(merge(cat(dq2, dq1), cat(dk1, dk2), cat(dv1, dv2)))
+    return grads, dbias
 
-  def run(q, k, v, bias, masks, index):
-    if chunk == q.shape[0]:
-      return forward_chunk(q, k, v, bias, masks, index)
-    return memory.map_chunks(lambda c: forward_chunk(*c[:3], bias, masks, c[3]),
-                             (q, k, v, index), chunk)
+  def run(qkv, qkv_mut, bias, masks, index, masks_mut, index_mut):
+    return memory.map_chunks(
+        lambda t: forward_chunk(t[0], t[1], bias, masks, t[2], masks_mut, t[3]),
+        (qkv, qkv_mut, index, index_mut), chunk)
 
   @jax.custom_vjp
-  def attend(q, k, v, bias, masks, index):
-    return run(q, k, v, bias, masks, index)[0]
+  def attend(qkv, qkv_mut, bias, masks, index, masks_mut, index_mut):
+    return run(qkv, qkv_mut, bias, masks, index, masks_mut, index_mut)[0]
 
-  def attend_fwd(q, k, v, bias, masks, index):
-    out, lse = run(q, k, v, bias, masks, index)
-    return out, (q, k, v, bias, masks, index, out, lse)
+  def attend_fwd(*args):
+    out, lse = run(*args)
+    return out, (*args, out, lse)
 
   def attend_bwd(res, dout):
-    q, k, v, bias, masks, index, out, lse = memory.tie(res, dout)
-    steps = q.shape[0] // chunk
-    if steps == 1:
-      dq, dk, dv, dbias = backward_chunk(q, k, v, bias, masks, index, out, lse, dout)
-    else:
-      def piece(t, i):
-        return jax.lax.dynamic_slice_in_dim(t, i * chunk, chunk)
+    res = memory.tie(res, dout)
+    qkv, qkv_mut, bias, masks, index, masks_mut, index_mut, out, lse = res
+    steps = qkv.shape[0] // chunk
 
-      def step(i, carry):
-        dq, dk, dv, dbias = carry
-        gq, gk, gv, gb = backward_chunk(*[piece(t, i) for t in (q, k, v)], bias, masks,
-                                        *[piece(t, i) for t in (index, out, lse, dout)])
-        return (jax.lax.dynamic_update_slice_in_dim(dq, gq, i * chunk, 0),
-                jax.lax.dynamic_update_slice_in_dim(dk, gk, i * chunk, 0),
-                jax.lax.dynamic_update_slice_in_dim(dv, gv, i * chunk, 0),
-                dbias + gb if biased else dbias)
+    def piece(t, i):
+      return jax.lax.dynamic_slice_in_dim(t, i * chunk, chunk)
 
-      # The gradient buffers come into being with the cotangent, not at program start.
-      init = tuple(memory.after(jnp.zeros(t.shape, t.dtype), dout) for t in (q, k, v, bias))
-      dq, dk, dv, dbias = jax.lax.fori_loop(0, steps, step, init)
-    if not biased:
-      dbias = jnp.zeros_like(bias)
-    return dq, dk, dv, dbias, jnp.zeros_like(masks), jnp.zeros_like(index)
+    def step(i, carry):
+      dqkv, dqkv_mut, dbias = carry
+      sliced = [piece(t, i) for t in (qkv, qkv_mut, index, index_mut, out, dout)]
+      grads, gb = backward_chunk(sliced[0], sliced[1], bias, masks, sliced[2], masks_mut,
+                                 sliced[3], sliced[4], [piece(t, i) for t in lse], sliced[5])
+      dqkv = jax.lax.dynamic_update_slice_in_dim(dqkv, grads[0], i * chunk, 0)
+      if mutual:
+        dqkv_mut = jax.lax.dynamic_update_slice_in_dim(dqkv_mut, grads[1], i * chunk, 0)
+      return dqkv, dqkv_mut, dbias + gb if biased else dbias
+
+    # The gradient buffers come into being with the cotangent, not at program start.
+    init = tuple(memory.after(jnp.zeros(t.shape, t.dtype), dout) for t in (qkv, qkv_mut, bias))
+    dqkv, dqkv_mut, dbias = (step(0, init) if steps == 1
+                             else jax.lax.fori_loop(0, steps, step, init))
+    zeros = [jnp.zeros_like(t) for t in (masks, index, masks_mut, index_mut)]
+    return dqkv, dqkv_mut, dbias, *zeros
 
   attend.defvjp(attend_fwd, attend_bwd)
   return attend
@@ -321,28 +370,18 @@ class WindowAttention(nn.Module):
     dense = lambda f, name: nn.Dense(f, use_bias=self.qkv_bias, kernel_init=torch_conv_init(),
                                      dtype=self.dtype, name=name)
 
-    def heads(t):  # (B_, N', 3C) -> three (B_, heads, N', hd)
-      t = t.reshape(t.shape[0], t.shape[1], 3, nh, hd).transpose(2, 0, 3, 1, 4)
-      return t[0], t[1], t[2]
-
-    q, k, v = heads(dense(3 * c, "qkv_self")(x))
+    qkv = dense(3 * c, "qkv_self")(x)
     index = relative_position_index(tuple(self.window_size))[:n, :n]
     bias = table[index.reshape(-1)].reshape(n, n, nh).transpose(2, 0, 1)
     labels = None if mask_labels is None else mask_labels[:, :n]
-    out = _attention(q, k, v, scale, bias, labels)
-
+    qkv_mut = None
     if self.mut_attn:
       pos = sine_position_encoding((wh, ww), self.dim // 2)
       if 2 * pos.shape[1] != n:
         raise ValueError(
             f"Mutual attention needs two full {wh}x{ww} windows ({2 * wh * ww} tokens), got {n}: "
             "the input is too small for the window.")
-      q, k, v = heads(dense(3 * c, "qkv_mut")(x + jnp.asarray(np.tile(pos, (1, 2, 1)), x.dtype)))
-      half = n // 2
-      # The reference masks both directions with the frame-0 x frame-0 block of the mask.
-      m = None if mask_labels is None else mask_labels[:, :half]
-      x1 = _attention(q[:, :, half:], k[:, :, :half], v[:, :, :half], scale, None, m)
-      x2 = _attention(q[:, :, :half], k[:, :, half:], v[:, :, half:], scale, None, m)
-      out = jnp.concatenate([jnp.concatenate([x1, x2], axis=1), out], axis=2)
+      qkv_mut = dense(3 * c, "qkv_mut")(x + jnp.asarray(np.tile(pos, (1, 2, 1)), x.dtype))
+    out = _attention(qkv, qkv_mut, nh, scale, bias, labels)
 
     return nn.Dense(self.dim, kernel_init=torch_conv_init(), dtype=self.dtype, name="proj")(out)
