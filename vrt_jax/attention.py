@@ -183,10 +183,11 @@ def _attention(qkv: jax.Array, qkv_mut: jax.Array | None, num_heads: int, scale:
   # arguments of the custom gradient; `after` keeps XLA from computing constants at program
   # start. The reference masks both directions of the mutual attention with the frame-0 x
   # frame-0 block of the mask.
+  unmasked = (jnp.zeros((1, 1, 1), jnp.float32), jnp.zeros((b_,), jnp.float32))
   masks = []
-  for part in (slice(None), slice(0, n // 2)):
-    if labels is None:
-      masks.append((jnp.zeros((1, 1, 1), jnp.float32), jnp.zeros((b_,), jnp.float32)))
+  for part, used in ((slice(None), True), (slice(0, n // 2), qkv_mut is not None)):
+    if labels is None or not used:
+      masks.append(unmasked)
     else:
       m, index = mask_patterns(np.asarray(labels)[:, part])
       masks.append(memory.after((jnp.asarray(m), jnp.asarray(np.tile(index, b_ // nw),
@@ -263,16 +264,20 @@ def _window_attention(nh: int, scale: float, chunk: int, masked: bool, biased: b
   def chunk_masks(masks, index):
     return masks[index.astype(jnp.int32)] if masked else None
 
+  def directions(q, k, v):  # Mutual attention: frame 2 queries frame 1, then the reverse.
+    half = q.shape[2] // 2
+    first, second = slice(0, half), slice(half, None)
+    return ((q[:, :, second], k[:, :, first], v[:, :, first]),
+            (q[:, :, first], k[:, :, second], v[:, :, second]))
+
   def forward_chunk(qkv, qkv_mut, bias, masks, index, masks_mut, index_mut):
     bias = bias if biased else None
     out, lse = forward_one(*split(qkv), bias, chunk_masks(masks, index))
     if not mutual:
       return out, (lse,)
-    q, k, v = split(qkv_mut)
-    half = q.shape[2] // 2
     mask = chunk_masks(masks_mut, index_mut)
-    x1, l1 = forward_one(q[:, :, half:], k[:, :, :half], v[:, :, :half], None, mask)
-    x2, l2 = forward_one(q[:, :, :half], k[:, :, half:], v[:, :, half:], None, mask)
+    (x1, l1), (x2, l2) = (forward_one(*qkv_d, None, mask)
+                          for qkv_d in directions(*split(qkv_mut)))
     out = jnp.concatenate([jnp.concatenate([x1, x2], axis=1), out], axis=2)
     return out, (lse, jnp.concatenate([l1, l2], axis=2))
 
@@ -286,14 +291,14 @@ def _window_attention(nh: int, scale: float, chunk: int, masked: bool, biased: b
     dbias = functools.reduce(jnp.add, [ds[i] for i in range(ds.shape[0])]) if biased else None
     grads = [merge(dq, dk, dv)]
     if mutual:
-      q, k, v = split(qkv_mut)
-      half = q.shape[2] // 2
       mask = chunk_masks(masks_mut, index_mut)
       mo, md = out[..., :c], dout[..., :c]
-      dq1, dk1, dv1, _ = backward_one(q[:, :, half:], k[:, :, :half], v[:, :, :half], None, mask,
-                                      mo[:, :half], lse[1][..., :half], md[:, :half])
-      dq2, dk2, dv2, _ = backward_one(q[:, :, :half], k[:, :, half:], v[:, :, half:], None, mask,
-                                      mo[:, half:], lse[1][..., half:], md[:, half:])
+      half = mo.shape[1] // 2
+      # Output tokens [:half] are direction 1's queries, [half:] direction 2's.
+      (dq1, dk1, dv1, _), (dq2, dk2, dv2, _) = (
+          backward_one(*qkv_d, None, mask, mo[:, rows], lse[1][..., rows], md[:, rows])
+          for qkv_d, rows in zip(directions(*split(qkv_mut)),
+                                 (slice(0, half), slice(half, None)), strict=True))
       cat = lambda a, b: jnp.concatenate([a, b], axis=2)
       grads.append(merge(cat(dq2, dq1), cat(dk1, dk2), cat(dv1, dv2)))
     return grads, dbias
