@@ -107,8 +107,8 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   common.add_arguments(parser, preset="006_VRT_videodeblurring_GoPro")
   parser.add_argument("--overrides", default="{}",
-                      help='VRT kwargs over the preset for both, e.g. \'{"use_checkpoint_attn": '
-                      'true, "use_checkpoint_ffn": true}\' (rematerialisation)')
+                      help='VRT kwargs over the preset for both, e.g. '
+                      '\'{"use_checkpoint_attn": true}\' (recompute attention in the backward)')
   args = parser.parse_args()
   if args.worker == "jax":
     return jax_worker(args)

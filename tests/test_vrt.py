@@ -1,10 +1,15 @@
 """Model-level behaviour that the golden files do not cover: input checks, stochastic depth,
 rematerialisation, parameter collections."""
 
+import contextlib
+import io
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.ad_checkpoint import print_saved_residuals
 
 import vrt_jax
 from vrt_jax.tmsa import TMSA, drop_path
@@ -104,3 +109,34 @@ def test_remat_blocks_match_plain_blocks_and_gradients(mut_attn):
   g1 = jax.grad(lambda v: plain.apply(v, x).sum())(v)
   g2 = jax.grad(lambda v: remat.apply(v, x).sum())(v)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), g1, g2)
+
+
+@pytest.mark.parametrize("checkpoint_attn", [False, True])
+def test_block_backward_recomputes_its_parts_and_keeps_their_gradient(checkpoint_attn):
+  x = jax.random.normal(jax.random.key(0), (1, 4, 16, 16, 8))
+  block = TMSA(8, 2, (2, 8, 8), (1, 4, 4), True, mlp_ratio=4.,  # MLP hidden width 32: unique.
+               use_checkpoint_attn=checkpoint_attn)
+  v = block.init(jax.random.key(1), x)
+
+  def plain(v, x):  # The same block from its parts, with no recomputation.
+    y = x + block.apply(v, x, method=TMSA.attention_part)
+    return y + block.apply(v, y, method=TMSA.ffn_part)
+
+  def loss(f):
+    return lambda v, x: jnp.sum(jnp.sin(f(v, x)))
+
+  got = jax.jit(jax.grad(loss(block.apply), (0, 1)))(v, x)
+  want = jax.jit(jax.grad(loss(plain), (0, 1)))(v, x)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), got, want)
+
+  def widths(f):  # Last-axis sizes of the residuals the backward pass keeps (not arguments).
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+      print_saved_residuals(lambda v: loss(f)(v, x), v)
+    return {int(m.group(1)) for line in out.getvalue().splitlines() if "argument" not in line
+            for m in [re.match(r"\w+\[[\d,]*,(\d+)\]", line.strip())] if m}
+
+  assert 32 in widths(plain)  # The MLP's hidden activations...
+  assert 32 not in widths(block.apply)  # ...are recomputed, not kept.
+  if checkpoint_attn:
+    assert widths(block.apply) <= {8}  # Only block inputs are kept.

@@ -5,13 +5,14 @@ Features inside a group are (B, D, H, W, C) with D the number of frames.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vrt_jax import memory
 from vrt_jax.attention import (
   WindowAttention,
   compute_mask_labels,
@@ -64,7 +65,9 @@ class TMSA(nn.Module):
   """One TMSA block: (shifted) window attention, then a GEGLU MLP, each with a residual.
 
   With `mut_attn` the attention is mutual + self attention over windows of two frames; without,
-  self attention only. x: (B, D, H, W, C) -> (B, D, H, W, C).
+  self attention only. `use_checkpoint_attn` recomputes the attention part in the backward
+  pass; the feed-forward part always is, so `use_checkpoint_ffn` (kept for the reference's
+  signature) changes nothing. x: (B, D, H, W, C) -> (B, D, H, W, C).
   """
   dim: int
   num_heads: int
@@ -86,7 +89,7 @@ class TMSA(nn.Module):
     self.norm2 = layer_norm("norm2", self.dtype)
     self.mlp = MlpGEGLU(int(self.dim * self.mlp_ratio), self.dim, self.dtype)
 
-  def attention_part(self, x: jax.Array, train: bool) -> jax.Array:
+  def attention_part(self, x: jax.Array) -> jax.Array:
     b, d, h, w, c = x.shape
     window_size, shift_size = get_window_size((d, h, w), self.window_size, self.shift_size)
     x = self.norm1(x)
@@ -103,22 +106,35 @@ class TMSA(nn.Module):
     x = window_reverse(windows, window_size, b, dp, hp, wp)
     if shifted:
       x = jnp.roll(x, list(shift_size), axis=(1, 2, 3))
-    x = x[:, :d, :h, :w]
-    return drop_path(self, x, self.drop_path, train)
+    return x[:, :d, :h, :w]
 
-  def ffn_part(self, x: jax.Array, train: bool) -> jax.Array:
-    return drop_path(self, self.mlp(self.norm2(x)), self.drop_path, train)
+  def ffn_part(self, x: jax.Array) -> jax.Array:
+    return self.mlp(self.norm2(x))
+
+  def recomputed(self, part: Callable[[TMSA, jax.Array], jax.Array], x: jax.Array) -> jax.Array:
+    """part(self, x), whose backward pass recomputes part's activations from x.
+
+    Like the reference's torch.checkpoint. nn.remat would not do on XLA's CPU backend: its
+    scheduler moves every recomputation up into the forward pass, so nothing is saved.
+    """
+    if self.is_initializing():
+      return part(self, x)
+    unbound = self.clone(parent=None)
+
+    def f(x, params):
+      return unbound.apply({"params": params}, x, method=part)
+
+    return memory.recomputed(f)(x, self.variables["params"])
 
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     attn = TMSA.attention_part
-    ffn = TMSA.ffn_part
-    # Rematerialisation trades compute for memory like the reference's torch.checkpoint.
-    if self.use_checkpoint_attn:
-      attn = nn.remat(attn, static_argnums=(2,))
-    if self.use_checkpoint_ffn:
-      ffn = nn.remat(ffn, static_argnums=(2,))
-    x = x + attn(self, x, train)
-    return x + ffn(self, x, train)
+    y = self.recomputed(attn, x) if self.use_checkpoint_attn else attn(self, x)
+    x = x + drop_path(self, y, self.drop_path, train)
+    # The feed-forward part is always recomputed: its norm and hidden activations are five
+    # C-wide copies of x per block, the largest residuals of training, and the cheapest to
+    # rebuild (on CPU, memory that is fresh every step costs more time than the matmuls).
+    y = self.recomputed(TMSA.ffn_part, x)
+    return x + drop_path(self, y, self.drop_path, train)
 
 
 class TMSAG(nn.Module):

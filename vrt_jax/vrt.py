@@ -117,9 +117,11 @@ class Stage(nn.Module):
               self.qkv_bias, self.qk_scale, rates, self.use_checkpoint_attn,
               self.use_checkpoint_ffn, self.dtype, name="residual_group1")(x, train)
     x = dense(self.dim, "linear1", self.dtype)(y) + x
-    # The reference always checkpoints the attention of the self-attention group.
+    # The reference always checkpoints the attention of this group. Here it follows
+    # use_checkpoint_attn: recomputing it costs more time (its 3-D windows are the largest) than
+    # it saves memory, once the feed-forward parts are recomputed (TMSA).
     y = TMSAG(self.dim, self.depth - depth1, self.num_heads, ws, False, self.mlp_ratio,
-              self.qkv_bias, self.qk_scale, rates, True,
+              self.qkv_bias, self.qk_scale, rates, self.use_checkpoint_attn,
               self.use_checkpoint_ffn, self.dtype, name="residual_group2")(x, train)
     x = dense(self.dim, "linear2", self.dtype)(y) + x
 
