@@ -66,8 +66,7 @@ class TMSA(nn.Module):
 
   With `mut_attn` the attention is mutual + self attention over windows of two frames; without,
   self attention only. `use_checkpoint_attn` recomputes the attention part in the backward
-  pass; the feed-forward part always is, so `use_checkpoint_ffn` (kept for the reference's
-  signature) changes nothing. x: (B, D, H, W, C) -> (B, D, H, W, C).
+  pass; the feed-forward part always is. x: (B, D, H, W, C) -> (B, D, H, W, C).
   """
   dim: int
   num_heads: int
@@ -79,7 +78,6 @@ class TMSA(nn.Module):
   qk_scale: float | None = None
   drop_path: float = 0.
   use_checkpoint_attn: bool = False
-  use_checkpoint_ffn: bool = False
   dtype: Any = jnp.float32
 
   def setup(self):
@@ -152,7 +150,6 @@ class TMSAG(nn.Module):
   qk_scale: float | None = None
   drop_path: float | Sequence[float] = 0.
   use_checkpoint_attn: bool = False
-  use_checkpoint_ffn: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -162,8 +159,8 @@ class TMSAG(nn.Module):
       rate = self.drop_path[i] if isinstance(self.drop_path, Sequence) else self.drop_path
       x = TMSA(self.dim, self.num_heads, tuple(self.window_size),
                (0, 0, 0) if i % 2 == 0 else shift, self.mut_attn, self.mlp_ratio, self.qkv_bias,
-               self.qk_scale, float(rate), self.use_checkpoint_attn, self.use_checkpoint_ffn,
-               self.dtype, name=f"blocks_{i}")(x, train)
+               self.qk_scale, float(rate), self.use_checkpoint_attn, self.dtype,
+               name=f"blocks_{i}")(x, train)
     return x
 
 
@@ -181,14 +178,13 @@ class RTMSA(nn.Module):
   qk_scale: float | None = None
   drop_path: float | Sequence[float] = 0.
   use_checkpoint_attn: bool = False
-  use_checkpoint_ffn: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     y = TMSAG(self.dim, self.depth, self.num_heads, self.window_size, False, self.mlp_ratio,
               self.qkv_bias, self.qk_scale, self.drop_path, self.use_checkpoint_attn,
-              self.use_checkpoint_ffn, self.dtype, name="residual_group")(x, train)
+              self.dtype, name="residual_group")(x, train)
     return x + dense(self.dim, "linear", self.dtype)(y)
 
 

@@ -91,7 +91,6 @@ class Stage(nn.Module):
   reshape: str = "none"
   max_residue_magnitude: float = 10.
   use_checkpoint_attn: bool = False
-  use_checkpoint_ffn: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -115,14 +114,14 @@ class Stage(nn.Module):
     rates = self.drop_path if isinstance(self.drop_path, float) else tuple(self.drop_path)
     y = TMSAG(self.dim, depth1, self.num_heads, (2, ws[1], ws[2]), True, self.mlp_ratio,
               self.qkv_bias, self.qk_scale, rates, self.use_checkpoint_attn,
-              self.use_checkpoint_ffn, self.dtype, name="residual_group1")(x, train)
+              self.dtype, name="residual_group1")(x, train)
     x = dense(self.dim, "linear1", self.dtype)(y) + x
     # The reference always checkpoints the attention of this group. Here it follows
     # use_checkpoint_attn: recomputing it costs more time (its 3-D windows are the largest) than
     # it saves memory, once the feed-forward parts are recomputed (TMSA).
     y = TMSAG(self.dim, self.depth - depth1, self.num_heads, ws, False, self.mlp_ratio,
               self.qkv_bias, self.qk_scale, rates, self.use_checkpoint_attn,
-              self.use_checkpoint_ffn, self.dtype, name="residual_group2")(x, train)
+              self.dtype, name="residual_group2")(x, train)
     x = dense(self.dim, "linear2", self.dtype)(y) + x
 
     if self.pa_frames:
@@ -203,6 +202,9 @@ class VRT(nn.Module):
   recal_all_flows: bool = False
   nonblind_denoising: bool = False
   use_checkpoint_attn: bool = False
+  # The feed-forward parts are always recomputed in the backward pass (TMSA):
+  # use_checkpoint_ffn and no_checkpoint_ffn_blocks are accepted for the reference's signature
+  # and change nothing.
   use_checkpoint_ffn: bool = False
   no_checkpoint_attn_blocks: Sequence[int] = ()
   no_checkpoint_ffn_blocks: Sequence[int] = ()
@@ -359,8 +361,6 @@ class VRT(nn.Module):
     dpr = np.linspace(0, self.drop_path_rate, sum(depths), dtype=np.float32).tolist()
     ckpt_attn = [self.use_checkpoint_attn and i not in self.no_checkpoint_attn_blocks
                  for i in range(len(depths))]
-    ckpt_ffn = [self.use_checkpoint_ffn and i not in self.no_checkpoint_ffn_blocks
-                for i in range(len(depths))]
     level = [0, 1, 2, 3, 2, 1, 0]  # Flow scale index of each stage.
     ws = tuple(self.window_size)
 
@@ -372,7 +372,7 @@ class VRT(nn.Module):
           drop_path=tuple(dpr[sum(depths[:i]):sum(depths[:i + 1])]), pa_frames=self.pa_frames,
           deformable_groups=self.deformable_groups, reshape=RESHAPES[i],
           max_residue_magnitude=10 / SCALES[i], use_checkpoint_attn=ckpt_attn[i],
-          use_checkpoint_ffn=ckpt_ffn[i], dtype=self.dtype, name=f"stage{i + 1}",
+          dtype=self.dtype, name=f"stage{i + 1}",
       )(inp, flows_backward[level[i]::4], flows_forward[level[i]::4], train)
 
     x1 = stage(0, x)
@@ -389,5 +389,5 @@ class VRT(nn.Module):
       window = (1, ws[1], ws[2]) if i in self.indep_reconsts else ws
       x = RTMSA(self.embed_dims[i], depths[i], self.num_heads[i], window, self.mlp_ratio,
                 self.qkv_bias, self.qk_scale, tuple(dpr[sum(depths[:i]):sum(depths[:i + 1])]),
-                ckpt_attn[i], ckpt_ffn[i], self.dtype, name=f"stage8_{i - 6}")(x, train)
+                ckpt_attn[i], self.dtype, name=f"stage8_{i - 6}")(x, train)
     return layer_norm("norm", self.dtype)(x)
