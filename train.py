@@ -12,7 +12,7 @@ JAX_PROCESS_ID environment variables).
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from vrt_jax import sharding
+from vrt_jax import memory, sharding
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
@@ -40,4 +40,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  memory.reexec_with_huge_pages()  # Steps 10-15% faster on CPU (vrt_jax.memory).
   app.run(main)

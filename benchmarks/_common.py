@@ -75,9 +75,10 @@ def emit(result: dict[str, Any]) -> None:
   print(RESULT_TAG + json.dumps(result), flush=True)
 
 
-def run_worker(cmd: Sequence[str], timeout: float | None = None) -> dict[str, Any]:
+def run_worker(cmd: Sequence[str], timeout: float | None = None,
+               env: dict[str, str] | None = None) -> dict[str, Any]:
   """Runs one measurement subprocess and returns its tagged result (raises with its log)."""
-  proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout)
+  proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, env=env)
   for line in proc.stdout.splitlines():
     if line.startswith(RESULT_TAG):
       return json.loads(line[len(RESULT_TAG):])
@@ -171,6 +172,9 @@ def add_arguments(parser: Any, preset: str) -> None:
   parser.add_argument("--ref_python", default="/work/tvenv/bin/python",
                       help="interpreter with torch + torchvision + einops for the reference")
   parser.add_argument("--skip_jax", action="store_true", help="only measure the reference")
+  parser.add_argument("--no_huge_pages", action="store_true",
+                      help="vrt-jax: keep glibc's default malloc instead of the huge pages that "
+                           "train.py, eval.py and restore ask for (vrt_jax.memory.huge_pages_env)")
   parser.add_argument("--worker", choices=("jax", "torch"), help=argparse.SUPPRESS)
   parser.add_argument("--kwargs", default="{}", help=argparse.SUPPRESS)
 
@@ -195,6 +199,8 @@ def compare(args: Any, script: str, columns: Sequence[tuple[str, str, str]], wha
   (when --ref is given), then the table with ours / reference ratios and the command line."""
   if args.runs < 1:
     raise ValueError(f"--runs must be >= 1, got {args.runs}")
+  from vrt_jax import memory  # This parent runs under the vrt-jax interpreter.
+
   print(f"# machine: {machine_description(args.threads)}", flush=True)
   base = ["--shape", args.shape, "--runs", str(args.runs), "--threads", str(args.threads), *base]
   rows = []
@@ -203,8 +209,11 @@ def compare(args: Any, script: str, columns: Sequence[tuple[str, str, str]], wha
     if not args.skip_jax:
       for dtype in args.dtype.split(","):
         print(f"# vrt-jax {what} {preset} {dtype} ...", flush=True)
+        # The jax worker runs with the malloc settings the entry points give themselves.
+        env = (dict(os.environ, **{memory.KEEP_MALLOC_ENV: "1"}) if args.no_huge_pages
+               else memory.huge_pages_env())
         rows.append(run_worker([sys.executable, script, "--worker", "jax", "--preset", preset,
-                                "--dtype", dtype, *base, *jax_extra]))
+                                "--dtype", dtype, *base, *jax_extra], env=env))
     if args.ref:
       print(f"# PyTorch reference {what} {preset} ...", flush=True)
       kwargs = json.dumps({**preset_kwargs(preset), **(ref_overrides or {})})

@@ -9,7 +9,9 @@ invocation so the ratio is taken on the same machine state. Columns: first call 
 compile + one run; PyTorch: the first eager run), the median and min of `--runs` further calls, and
 the process's peak resident set size (host memory, including the framework and the weights).
 vrt-jax runs through `vrt_jax.inference.make_apply_fn`, as restore and eval do: compiled ahead of
-time, then the compiler's freed heap returned to the OS (`--plain_jit` times `jax.jit` alone). The
+time, then the compiler's freed heap returned to the OS (`--plain_jit` times `jax.jit` alone), and
+with glibc's malloc on transparent huge pages as those entry points set it (`--no_huge_pages` to
+compare without). The
 reference is imported from `--ref` (a checkout of the official VRT with models/network_vrt.py) at
 run time and runs under `torch.no_grad()` in eval mode with torch.set_num_threads(--threads).
 Weights are random (timing does not depend on them). On GPU the JAX worker also reports the

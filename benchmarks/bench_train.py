@@ -9,12 +9,15 @@ eps 1e-9) + backward + Adam update (lr 4e-4, betas (0.9, 0.99): optax.adam / tor
 of all parameters. `--shape` is the low-quality input (B, T, H, W, C); the target is
 upscale times larger. Each measurement runs in its own subprocess (peak RSS per process) in this
 one invocation, pinned to the same CPUs and thread count. First call = vrt-jax trace + compile +
-one step, or PyTorch's first eager step; then the median / min of `--runs` steps.
+one step, or PyTorch's first eager step; then the median / min of `--runs` steps. vrt-jax steps
+as train.py does: parameters and optimizer state donated to the step, glibc's malloc on
+transparent huge pages (vrt_jax.memory.huge_pages_env; `--no_huge_pages` to compare without).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -60,7 +63,8 @@ def jax_worker(args: argparse.Namespace) -> None:
     out = model.apply({"params": p}, x, train=True, rngs={"dropout": key})
     return jnp.mean(jnp.sqrt(jnp.square(out - gt) + EPS))
 
-  @jax.jit
+  # State buffers donated, as in vrt_jax.train_lib's step.
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
   def step(p, o, key):
     loss, grads = jax.value_and_grad(loss_fn)(p, key)
     updates, o = tx.update(grads, o, p)

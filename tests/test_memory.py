@@ -1,5 +1,9 @@
 """Memory helpers: same values and gradients as the plain computations they replace."""
 
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -109,3 +113,45 @@ def test_compiled_per_shape_compiles_once_per_shape():
   assert len(fn.compiled) == 1
   fn(np.zeros(4, np.float32), np.float32(2))
   assert len(fn.compiled) == 2
+
+
+def test_compiled_per_shape_passes_its_cpu_options_and_skips_unknown_ones():
+  x = np.ones(3, np.float32)
+  assert memory.CompiledPerShape(lambda a: a + 1).cpu_compiler_options == (
+      memory.LEAN_CPU_COMPILER_OPTIONS)
+  # An option this XLA does not know: compiled with the defaults instead.
+  np.testing.assert_array_equal(
+      memory.CompiledPerShape(lambda a: a + 1, {"xla_cpu_no_such_option": True})(x), [2, 2, 2])
+  # A known option reaches the compiler (a bad value is refused there).
+  with pytest.raises(jax.errors.JaxRuntimeError):
+    memory.CompiledPerShape(lambda a: a + 1, {"xla_cpu_use_fusion_emitters": "maybe"})(x)
+
+
+def test_huge_pages_env_adds_the_tunable_once_and_respects_the_user(monkeypatch):
+  monkeypatch.setattr(memory, "_huge_pages_available", lambda: True)
+  base = {"PATH": "/bin"}
+  assert memory.huge_pages_env(base) == {**base, "GLIBC_TUNABLES": memory.HUGE_PAGES_TUNABLE}
+  other = {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}
+  assert memory.huge_pages_env(other)["GLIBC_TUNABLES"] == (
+      "glibc.malloc.arena_max=2:" + memory.HUGE_PAGES_TUNABLE)
+  chosen = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}
+  assert memory.huge_pages_env(chosen) == chosen
+  kept = {memory.KEEP_MALLOC_ENV: "1"}
+  assert memory.huge_pages_env(kept) == kept
+  monkeypatch.setattr(memory, "_huge_pages_available", lambda: False)
+  assert memory.huge_pages_env(base) == base
+
+
+def test_reexec_with_huge_pages_restarts_once_with_the_tunable():
+  code = ("import os, sys; print('start', flush=True); from vrt_jax import memory; "
+          "memory.reexec_with_huge_pages(); print('tunables', os.environ.get('GLIBC_TUNABLES'))")
+  env = {k: v for k, v in os.environ.items()
+         if k not in ("GLIBC_TUNABLES", memory.KEEP_MALLOC_ENV)}
+  proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                        timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  lines = proc.stdout.splitlines()
+  expected = memory.huge_pages_env(env).get("GLIBC_TUNABLES")
+  # Restarted (the first line printed twice) exactly where the tunable applies.
+  assert lines.count("start") == (2 if expected else 1), lines
+  assert lines[-1] == f"tunables {expected}"

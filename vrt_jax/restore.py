@@ -32,7 +32,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from vrt_jax import inference, presets, video
+from vrt_jax import inference, memory, presets, video
 
 # Bytes of device memory per input voxel (one pixel of one frame) of a tile, from XLA's memory
 # analysis of the jitted tiny VRT on CPU: 4.6-4.9 KB per voxel for tiles 6x64x64 (121 MB),
@@ -340,4 +340,5 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+  memory.reexec_with_huge_pages()  # Fewer page faults on CPU (vrt_jax.memory).
   main()
