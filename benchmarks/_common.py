@@ -201,6 +201,9 @@ def compare(args: Any, script: str, columns: Sequence[tuple[str, str, str]], wha
     raise ValueError(f"--runs must be >= 1, got {args.runs}")
   from vrt_jax import memory  # This parent runs under the vrt-jax interpreter.
 
+  # The jax worker runs with the malloc settings the entry points give themselves.
+  jax_env = memory.huge_pages_env(
+      dict(os.environ, **({memory.KEEP_MALLOC_ENV: "1"} if args.no_huge_pages else {})))
   print(f"# machine: {machine_description(args.threads)}", flush=True)
   base = ["--shape", args.shape, "--runs", str(args.runs), "--threads", str(args.threads), *base]
   rows = []
@@ -209,11 +212,8 @@ def compare(args: Any, script: str, columns: Sequence[tuple[str, str, str]], wha
     if not args.skip_jax:
       for dtype in args.dtype.split(","):
         print(f"# vrt-jax {what} {preset} {dtype} ...", flush=True)
-        # The jax worker runs with the malloc settings the entry points give themselves.
-        env = (dict(os.environ, **{memory.KEEP_MALLOC_ENV: "1"}) if args.no_huge_pages
-               else memory.huge_pages_env())
         rows.append(run_worker([sys.executable, script, "--worker", "jax", "--preset", preset,
-                                "--dtype", dtype, *base, *jax_extra], env=env))
+                                "--dtype", dtype, *base, *jax_extra], env=jax_env))
     if args.ref:
       print(f"# PyTorch reference {what} {preset} ...", flush=True)
       kwargs = json.dumps({**preset_kwargs(preset), **(ref_overrides or {})})
