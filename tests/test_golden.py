@@ -16,6 +16,9 @@ from tests import parity_utils as pu
 from vrt_jax import convert
 from vrt_jax.vrt import VRT
 
+# Both implementations of the kernels (vrt_jax.kernels) are held to the same bar.
+pytestmark = pytest.mark.usefixtures("kernel_choice")
+
 CASES = {
     "golden_sr_pa4": "x4 SR, pa_frames 4, window 8x8x8; T=8 and T=5 at 64x72",
     "golden_sr_pa6": "x4 SR, pa_frames 6, grouped DCN; T=8 and T=4 at 72x64",

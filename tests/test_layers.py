@@ -8,6 +8,9 @@ import pytest
 
 from vrt_jax.layers import Conv, LayerNorm, geglu
 
+# Both implementations of the kernels (vrt_jax.kernels) are held to the same bar.
+pytestmark = pytest.mark.usefixtures("kernel_choice")
+
 
 @pytest.mark.parametrize("kernel, padding", [(3, 1), (7, 3), (1, "VALID"), (3, "VALID"), (3, 2)])
 def test_conv_matches_flax_conv_values_and_gradients(kernel, padding):

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vrt_jax import memory
+from vrt_jax import kernels, memory
 from vrt_jax.spynet import torch_conv_init
 
 
@@ -138,6 +138,9 @@ def sine_position_encoding(hw: tuple[int, int], num_pos_feats: int,
 # stay in cache between the two matmuls and the softmax (on CPU 2-4x faster than materialising
 # the logits of all windows at once, and far less memory).
 _LOGITS_BYTES_PER_STEP = 4 << 20
+# The same on accelerators (`_attention_xla`): a chunk's logits stay in on-chip memory; larger
+# chunks mean fewer loop iterations.
+_XLA_LOGITS_BYTES_PER_STEP = 16 << 20
 
 
 def mask_patterns(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -155,8 +158,61 @@ def mask_patterns(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return mask_from_labels(unique), index.reshape(-1).astype(np.int32)
 
 
-def _attention(qkv: jax.Array, qkv_mut: jax.Array | None, num_heads: int, scale: float,
-               bias: jax.Array | None, labels: np.ndarray | None) -> jax.Array:
+def _attention_xla(qkv: jax.Array, qkv_mut: jax.Array | None, num_heads: int, scale: float,
+                   bias: jax.Array | None, labels: np.ndarray | None) -> jax.Array:
+  """`_attention_cpu`'s function in plain XLA (`jax.nn.dot_product_attention`), with autodiff.
+
+  Windows are still visited in chunks (a loop whose body is rematerialised): all windows at
+  once would put every window's N x N logits in HBM (172 GiB of temporaries for 001's official
+  40x128x128 test tile, against 12 GiB chunked), and on a TPU a chunk's logits stay on chip.
+  """
+  b_, n, c3 = qkv.shape
+  c = c3 // 3
+  nw = b_ if labels is None else labels.shape[0]
+  chunk = memory.chunk_size(b_, num_heads * n * n * 4, _XLA_LOGITS_BYTES_PER_STEP)
+  masks = {}
+  if labels is not None:
+    parts = {"self": slice(None), "mutual": slice(0, n // 2)}
+    for name in ("self", "mutual") if qkv_mut is not None else ("self",):
+      m, index = mask_patterns(np.asarray(labels)[:, parts[name]])
+      masks[name] = (jnp.asarray(m), jnp.asarray(np.tile(index, b_ // nw)))
+
+  def heads(t):  # (c, N, 3C) -> q, k, v (c, N, heads, hd)
+    t = t.reshape(t.shape[0], t.shape[1], 3, num_heads, -1)
+    return t[:, :, 0], t[:, :, 1], t[:, :, 2]
+
+  def attend(q, k, v, b):
+    out = jax.nn.dot_product_attention(q, k, v, bias=b, scale=scale, implementation="xla")
+    return out.reshape(*out.shape[:2], -1)
+
+  def window_chunk(xs):
+    t, t_mut, idx = xs
+    b = None if bias is None else bias.astype(jnp.float32)[None]
+    if "self" in masks:
+      m = masks["self"][0][idx["self"]][:, None]
+      b = m if b is None else b + m
+    out = attend(*heads(t), b)
+    if t_mut is None:
+      return out
+    q, k, v = heads(t_mut)
+    half = n // 2
+    m = masks["mutual"][0][idx["mutual"]][:, None] if "mutual" in masks else None
+    # Frame 2 queries frame 1, then frame 1 queries frame 2, along the tokens.
+    x1 = attend(q[:, half:], k[:, :half], v[:, :half], m)
+    x2 = attend(q[:, :half], k[:, half:], v[:, half:], m)
+    return jnp.concatenate([jnp.concatenate([x1, x2], axis=1), out], axis=2)
+
+  xs = (qkv, qkv_mut, {name: index for name, (_, index) in masks.items()})
+  steps = b_ // chunk
+  if steps == 1:
+    return window_chunk(xs)
+  xs = jax.tree.map(lambda t: t.reshape(steps, chunk, *t.shape[1:]), xs)
+  out = jax.lax.map(jax.checkpoint(window_chunk), xs)
+  return out.reshape(b_, n, -1 if qkv_mut is None else 2 * c)
+
+
+def _attention_cpu(qkv: jax.Array, qkv_mut: jax.Array | None, num_heads: int, scale: float,
+                   bias: jax.Array | None, labels: np.ndarray | None) -> jax.Array:
   """Self attention, and mutual attention, within windows, in cache-sized chunks of windows.
 
   qkv, qkv_mut (B_, N, 3 * C): the projections in the Dense layers' layout (q, k, v; heads;
@@ -198,6 +254,9 @@ def _attention(qkv: jax.Array, qkv_mut: jax.Array | None, num_heads: int, scale:
   attend = _window_attention(num_heads, float(scale), chunk, labels is not None,
                              bias is not None, qkv_mut is not None)
   return attend(qkv, mut_in, bias_in, *masks[0], *masks[1])
+
+
+_attention = kernels.dispatch(cpu=_attention_cpu, xla=_attention_xla)
 
 
 @functools.cache

@@ -15,12 +15,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vrt_jax import memory
+from vrt_jax import kernels, memory
 from vrt_jax.layers import Conv
 from vrt_jax.spynet import torch_conv_init
 
 # Upper bound on the im2col columns materialised at once (bytes); see _deform_conv_1group.
 _COLUMN_BYTES = 64 << 20
+# The same on accelerators, where a larger chunk means fewer loop iterations.
+_XLA_COLUMN_BYTES = 1 << 30
 
 
 def modulated_deform_conv(x: jax.Array, offset: jax.Array, mask: jax.Array, kernel: jax.Array,
@@ -58,23 +60,46 @@ def modulated_deform_conv(x: jax.Array, offset: jax.Array, mask: jax.Array, kern
   return (out if bias is None else out + bias).astype(x.dtype)
 
 
-def _deform_conv_1group(x: jax.Array, offset: jax.Array, mask: jax.Array, kernel: jax.Array,
-                        dg: int) -> jax.Array:
+def _deform_conv_matmul(x: jax.Array, offset: jax.Array, mask: jax.Array, kernel: jax.Array,
+                        dg: int, materialise: bool = True) -> jax.Array:
   n, h, w, cin = x.shape
-  # Bound the (N, H, W, 9 * Cin) columns: a few frames at a time.
-  step = memory.chunk_size(n, h * w * 9 * cin * 4, _COLUMN_BYTES)
-  if step < n:
-    # The backward pass recomputes each chunk's columns rather than keeping them all.
-    chunk_fn = memory.recomputed(lambda *a: _deform_conv_1group(*a, dg))
-    return memory.map_chunks(lambda a: chunk_fn(*a, kernel), (x, offset, mask), step)
-  cols = _deform_columns(x, offset, mask, dg).reshape(n * h * w, 9 * cin)
+  cols = _deform_columns(x, offset, mask, dg, materialise).reshape(n * h * w, 9 * cin)
   # (k, Cin)-major columns against the (3, 3, Cin, Cout) kernel: one 2-D matmul.
   out = jnp.dot(cols, kernel.reshape(9 * cin, -1).astype(cols.dtype),
                 preferred_element_type=jnp.float32)
   return out.reshape(n, h, w, -1)
 
 
-def _deform_columns(x: jax.Array, offset: jax.Array, mask: jax.Array, dg: int) -> jax.Array:
+def _deform_conv_1group_cpu(x: jax.Array, offset: jax.Array, mask: jax.Array, kernel: jax.Array,
+                            dg: int) -> jax.Array:
+  n, h, w, cin = x.shape
+  # Bound the (N, H, W, 9 * Cin) columns: a few frames at a time.
+  step = memory.chunk_size(n, h * w * 9 * cin * 4, _COLUMN_BYTES)
+  if step < n:
+    # The backward pass recomputes each chunk's columns rather than keeping them all.
+    chunk_fn = memory.recomputed(lambda *a: _deform_conv_matmul(*a, dg))
+    return memory.map_chunks(lambda a: chunk_fn(*a, kernel), (x, offset, mask), step)
+  return _deform_conv_matmul(x, offset, mask, kernel, dg)
+
+
+def _deform_conv_1group_xla(x: jax.Array, offset: jax.Array, mask: jax.Array, kernel: jax.Array,
+                            dg: int) -> jax.Array:
+  n, h, w, _ = x.shape
+  step = memory.chunk_size(n, h * w * 9 * x.shape[-1] * 4, _XLA_COLUMN_BYTES)
+  one = lambda a: _deform_conv_matmul(*a, kernel, dg, materialise=False)
+  if step == n:
+    return one((x, offset, mask))
+  # A few frames at a time; the loop body is rematerialised, so the backward pass keeps no
+  # columns either.
+  xs = [t.reshape(n // step, step, *t.shape[1:]) for t in (x, offset, mask)]
+  return jax.lax.map(jax.checkpoint(one), xs).reshape(n, h, w, -1)
+
+
+_deform_conv_1group = kernels.dispatch(cpu=_deform_conv_1group_cpu, xla=_deform_conv_1group_xla)
+
+
+def _deform_columns(x: jax.Array, offset: jax.Array, mask: jax.Array, dg: int,
+                    materialise: bool = True) -> jax.Array:
   """The modulated, bilinearly sampled im2col columns: (N, H, W, 9, Cin), Cin ordered as in x.
 
   XLA's CPU gather costs about the same per index for a 10- or a 40-float row, so instead of one
@@ -110,9 +135,10 @@ def _deform_columns(x: jax.Array, offset: jax.Array, mask: jax.Array, dg: int) -
   xi = jnp.clip(x0.astype(jnp.int32) + 1, 0, w)
   first_row = (np.arange(n, dtype=np.int32) * (h + 1))[:, None, None, None, None]
   rows = ((first_row + yi) * (w + 1) + xi) * dg + np.arange(dg, dtype=np.int32)
-  # Materialise indices and weights once: fused into the gather they would be recomputed for
-  # every gathered element.
-  rows, coefs = jax.lax.optimization_barrier((rows, coefs))
+  if materialise:
+    # Materialise indices and weights once: fused into XLA CPU's gather they would be
+    # recomputed for every gathered element.
+    rows, coefs = jax.lax.optimization_barrier((rows, coefs))
   vals = table.at[rows].get(mode="promise_in_bounds")  # (N, H, W, 9, dg, 4 * cpg)
   cols = vals[..., :cpg] * coefs[0]
   for q in range(1, 4):

@@ -1,8 +1,9 @@
 """Layers with lean, fast gradients: 2-D convolution, LayerNorm, the GEGLU gate.
 
-Each computes what its flax / PyTorch counterpart computes, with a hand-written gradient that
-keeps fewer activations for the backward pass (in training, memory that XLA's CPU client must
-fault in afresh on every step) and avoids the slow paths of XLA's CPU backend:
+Each computes what its flax / PyTorch counterpart computes. On CPU (vrt_jax.kernels) each has a
+hand-written gradient that keeps fewer activations for the backward pass (in training, memory
+that XLA's CPU client must fault in afresh on every step) and avoids the slow paths of XLA's CPU
+backend; elsewhere they are plain XLA with autodiff:
 
 * `Conv`: the weight gradient one kernel tap at a time, shifted(x)^T @ dy as a plain matmul
   (XLA's own is 3-4x slower than the convolution; for VRT's 3x3 offset convolutions it was the
@@ -22,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vrt_jax import memory
+from vrt_jax import kernels, memory
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, padding: int = 0) -> jax.Array:
@@ -30,7 +31,16 @@ def conv2d(x: jax.Array, kernel: jax.Array, padding: int = 0) -> jax.Array:
 
   x: (N, H, W, Cin); kernel: (kh, kw, Cin, Cout) -> (N, H + 2p - kh + 1, W + 2p - kw + 1, Cout).
   """
-  return _conv(int(padding))(x, kernel)
+  return _conv2d(x, kernel, int(padding))
+
+
+def _conv2d_xla(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
+  return jax.lax.conv_general_dilated(x, kernel, (1, 1), ((padding, padding),) * 2,
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+_conv2d = kernels.dispatch(cpu=lambda x, kernel, padding: _conv(padding)(x, kernel),
+                           xla=_conv2d_xla)
 
 
 @functools.cache
@@ -38,8 +48,7 @@ def _conv(padding: int) -> Callable[[jax.Array, jax.Array], jax.Array]:
   pads = ((padding, padding), (padding, padding))
 
   def forward(x, kernel):
-    return jax.lax.conv_general_dilated(x, kernel, (1, 1), pads,
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return _conv2d_xla(x, kernel, padding)
 
   @jax.custom_vjp
   def conv(x, kernel):
@@ -112,20 +121,27 @@ class LayerNorm(nn.Module):
     c = x.shape[-1]
     scale = self.param("scale", nn.initializers.ones, (c,))
     bias = self.param("bias", nn.initializers.zeros, (c,))
-    return _layer_norm(float(self.epsilon), jnp.dtype(self.dtype))(x, scale, bias)
+    return _layer_norm_kernel(x, scale, bias, float(self.epsilon), jnp.dtype(self.dtype))
+
+
+def _layer_norm_forward(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float, dtype: Any
+                        ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+  """The normalised output and (mean, rstd), in the order of operations of flax's _normalize."""
+  x = x.astype(jnp.float32)
+  mean = jnp.mean(x, axis=-1, keepdims=True)
+  rstd = jax.lax.rsqrt(jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True) + eps)
+  return ((x - mean) * (rstd * scale) + bias).astype(dtype), (mean, rstd)
+
+
+_layer_norm_kernel = kernels.dispatch(
+    cpu=lambda x, scale, bias, eps, dtype: _layer_norm(eps, dtype)(x, scale, bias),
+    xla=lambda x, scale, bias, eps, dtype: _layer_norm_forward(x, scale, bias, eps, dtype)[0])
 
 
 @functools.cache
 def _layer_norm(eps: float, dtype: Any) -> Callable[..., jax.Array]:
-  def stats(x):
-    x = x.astype(jnp.float32)
-    mean = jnp.mean(x, axis=-1, keepdims=True)
-    var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
-    return x, mean, jax.lax.rsqrt(var + eps)
-
-  def forward(x, scale, bias):  # The order of operations of flax's _normalize.
-    x, mean, rstd = stats(x)
-    return ((x - mean) * (rstd * scale) + bias).astype(dtype), (mean, rstd)
+  def forward(x, scale, bias):
+    return _layer_norm_forward(x, scale, bias, eps, dtype)
 
   @jax.custom_vjp
   def norm(x, scale, bias):
@@ -155,19 +171,23 @@ def _gelu_parts(a: jax.Array) -> tuple[jax.Array, jax.Array]:
   return cdf, a * np.asarray((2 * np.pi) ** -0.5, a.dtype) * jnp.exp(-0.5 * a * a)
 
 
+def _geglu_xla(a: jax.Array, b: jax.Array) -> jax.Array:
+  return nn.gelu(a, approximate=False) * b
+
+
 @jax.custom_vjp
-def geglu(a: jax.Array, b: jax.Array) -> jax.Array:
+def _geglu_cpu(a: jax.Array, b: jax.Array) -> jax.Array:
   """GELU(a) * b with the exact GELU (PyTorch's nn.GELU()).
 
   The forward pass is jax.nn.gelu's erfc form: with the erf form, XLA's CPU fusion keeps more
   of the MLP's hidden activations alive (006 at 128x128: 1372 vs 975 MiB of temporaries) and is
   no faster. The backward pass uses erf, which is cheaper there.
   """
-  return nn.gelu(a, approximate=False) * b
+  return _geglu_xla(a, b)
 
 
 def _geglu_fwd(a, b):
-  return geglu(a, b), (a, b)
+  return _geglu_cpu(a, b), (a, b)
 
 
 def _geglu_bwd(res, g):
@@ -176,4 +196,6 @@ def _geglu_bwd(res, g):
   return g * b * (cdf + a_pdf), g * (a * cdf)
 
 
-geglu.defvjp(_geglu_fwd, _geglu_bwd)
+_geglu_cpu.defvjp(_geglu_fwd, _geglu_bwd)
+geglu = kernels.dispatch(cpu=_geglu_cpu, xla=_geglu_xla)
+geglu.__doc__ = "GELU(a) * b with the exact GELU (PyTorch's nn.GELU()). a, b: (..., C)."

@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vrt_jax import memory
+from vrt_jax import kernels, memory
 from vrt_jax.attention import (
   WindowAttention,
   compute_mask_labels,
@@ -109,11 +109,14 @@ class TMSA(nn.Module):
   def ffn_part(self, x: jax.Array) -> jax.Array:
     return self.mlp(self.norm2(x))
 
-  def recomputed(self, part: Callable[[TMSA, jax.Array], jax.Array], x: jax.Array) -> jax.Array:
+  def recomputed(self, part: Callable[[TMSA, jax.Array], jax.Array], x: jax.Array, *,
+                 on_accelerators: bool) -> jax.Array:
     """part(self, x), whose backward pass recomputes part's activations from x.
 
-    Like the reference's torch.checkpoint. nn.remat would not do on XLA's CPU backend: its
-    scheduler moves every recomputation up into the forward pass, so nothing is saved.
+    Like the reference's torch.checkpoint. On CPU through `memory.recomputed`: nn.remat would
+    not do on XLA's CPU backend, whose scheduler moves every recomputation up into the forward
+    pass, so nothing is saved. Elsewhere `jax.checkpoint` if `on_accelerators`, else part
+    as it is (the block's remat policy decides).
     """
     if self.is_initializing():
       return part(self, x)
@@ -122,16 +125,18 @@ class TMSA(nn.Module):
     def f(x, params):
       return unbound.apply({"params": params}, x, method=part)
 
-    return memory.recomputed(f)(x, self.variables["params"])
+    xla = jax.checkpoint(f) if on_accelerators else f
+    return kernels.dispatch(cpu=memory.recomputed(f), xla=xla)(x, self.variables["params"])
 
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     attn = TMSA.attention_part
-    y = self.recomputed(attn, x) if self.use_checkpoint_attn else attn(self, x)
+    y = (self.recomputed(attn, x, on_accelerators=True) if self.use_checkpoint_attn
+         else attn(self, x))
     x = x + drop_path(self, y, self.drop_path, train)
-    # The feed-forward part is always recomputed: its norm and hidden activations are five
-    # C-wide copies of x per block, the largest residuals of training, and the cheapest to
+    # On CPU the feed-forward part is always recomputed: its norm and hidden activations are
+    # five C-wide copies of x per block, the largest residuals of training, and the cheapest to
     # rebuild (on CPU, memory that is fresh every step costs more time than the matmuls).
-    y = self.recomputed(TMSA.ffn_part, x)
+    y = self.recomputed(TMSA.ffn_part, x, on_accelerators=False)
     return x + drop_path(self, y, self.drop_path, train)
 
 
@@ -151,13 +156,15 @@ class TMSAG(nn.Module):
   drop_path: float | Sequence[float] = 0.
   use_checkpoint_attn: bool = False
   dtype: Any = jnp.float32
+  remat: str = "none"  # What each block keeps for the backward pass: kernels.REMAT_POLICIES.
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     shift = tuple(s // 2 for s in self.window_size)
+    block = kernels.remat(TMSA, self.remat)
     for i in range(self.depth):
       rate = self.drop_path[i] if isinstance(self.drop_path, Sequence) else self.drop_path
-      x = TMSA(self.dim, self.num_heads, tuple(self.window_size),
+      x = block(self.dim, self.num_heads, tuple(self.window_size),
                (0, 0, 0) if i % 2 == 0 else shift, self.mut_attn, self.mlp_ratio, self.qkv_bias,
                self.qk_scale, float(rate), self.use_checkpoint_attn, self.dtype,
                name=f"blocks_{i}")(x, train)
@@ -179,12 +186,13 @@ class RTMSA(nn.Module):
   drop_path: float | Sequence[float] = 0.
   use_checkpoint_attn: bool = False
   dtype: Any = jnp.float32
+  remat: str = "none"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     y = TMSAG(self.dim, self.depth, self.num_heads, self.window_size, False, self.mlp_ratio,
               self.qkv_bias, self.qk_scale, self.drop_path, self.use_checkpoint_attn,
-              self.dtype, name="residual_group")(x, train)
+              self.dtype, remat=self.remat, name="residual_group")(x, train)
     return x + dense(self.dim, "linear", self.dtype)(y)
 
 

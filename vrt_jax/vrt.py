@@ -92,6 +92,7 @@ class Stage(nn.Module):
   max_residue_magnitude: float = 10.
   use_checkpoint_attn: bool = False
   dtype: Any = jnp.float32
+  remat: str = "none"
 
   @nn.compact
   def __call__(self, x: jax.Array, flows_backward: Sequence[jax.Array],
@@ -114,14 +115,14 @@ class Stage(nn.Module):
     rates = self.drop_path if isinstance(self.drop_path, float) else tuple(self.drop_path)
     y = TMSAG(self.dim, depth1, self.num_heads, (2, ws[1], ws[2]), True, self.mlp_ratio,
               self.qkv_bias, self.qk_scale, rates, self.use_checkpoint_attn,
-              self.dtype, name="residual_group1")(x, train)
+              self.dtype, remat=self.remat, name="residual_group1")(x, train)
     x = dense(self.dim, "linear1", self.dtype)(y) + x
     # The reference always checkpoints the attention of this group. Here it follows
     # use_checkpoint_attn: recomputing it costs more time (its 3-D windows are the largest) than
     # it saves memory, once the feed-forward parts are recomputed (TMSA).
     y = TMSAG(self.dim, self.depth - depth1, self.num_heads, ws, False, self.mlp_ratio,
               self.qkv_bias, self.qk_scale, rates, self.use_checkpoint_attn,
-              self.dtype, name="residual_group2")(x, train)
+              self.dtype, remat=self.remat, name="residual_group2")(x, train)
     x = dense(self.dim, "linear2", self.dtype)(y) + x
 
     if self.pa_frames:
@@ -211,6 +212,11 @@ class VRT(nn.Module):
   # Compute dtype (e.g. jnp.bfloat16 on GPU/TPU). Parameters stay float32; SpyNet, flows, warp and
   # deformable sampling positions, LayerNorm statistics and softmax stay float32; output float32.
   dtype: Any = jnp.float32
+  # What each TMSA block keeps for the backward pass (kernels.REMAT_POLICIES): 'none' keeps
+  # what autodiff keeps; 'full', 'dots', 'dots_no_batch' recompute the rest from the block's
+  # input. Chosen per training config to fit an accelerator's memory; outputs and gradients
+  # are the same.
+  remat: str = "none"
 
   def check_input(self, shape: Sequence[int]) -> None:
     """Raises ValueError unless a clip of this shape is a valid input."""
@@ -372,7 +378,7 @@ class VRT(nn.Module):
           drop_path=tuple(dpr[sum(depths[:i]):sum(depths[:i + 1])]), pa_frames=self.pa_frames,
           deformable_groups=self.deformable_groups, reshape=RESHAPES[i],
           max_residue_magnitude=10 / SCALES[i], use_checkpoint_attn=ckpt_attn[i],
-          dtype=self.dtype, name=f"stage{i + 1}",
+          dtype=self.dtype, remat=self.remat, name=f"stage{i + 1}",
       )(inp, flows_backward[level[i]::4], flows_forward[level[i]::4], train)
 
     x1 = stage(0, x)
@@ -389,5 +395,5 @@ class VRT(nn.Module):
       window = (1, ws[1], ws[2]) if i in self.indep_reconsts else ws
       x = RTMSA(self.embed_dims[i], depths[i], self.num_heads[i], window, self.mlp_ratio,
                 self.qkv_bias, self.qk_scale, tuple(dpr[sum(depths[:i]):sum(depths[:i + 1])]),
-                ckpt_attn[i], self.dtype, name=f"stage8_{i - 6}")(x, train)
+                ckpt_attn[i], self.dtype, remat=self.remat, name=f"stage8_{i - 6}")(x, train)
     return layer_norm("norm", self.dtype)(x)

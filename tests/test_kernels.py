@@ -1,0 +1,75 @@
+"""vrt_jax.kernels: per-platform choice of implementation, and that every choice and remat
+policy computes the same function and gradients."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import vrt_jax
+from vrt_jax import checkpoint, kernels
+
+_both = kernels.dispatch(cpu=lambda x: x + 11.0, xla=lambda x: x + 22.0)
+
+
+def test_environment_forces_a_kernel_choice(monkeypatch):
+  x = jnp.zeros(3)
+  monkeypatch.setenv(kernels.KERNELS_ENV, "xla")
+  assert float(jax.jit(lambda x: _both(x))(x)[0]) == 22.0
+  monkeypatch.setenv(kernels.KERNELS_ENV, "cpu")
+  assert float(jax.jit(lambda x: _both(x)[0] + 0)(x)) == 11.0
+  monkeypatch.setenv(kernels.KERNELS_ENV, "gpu")
+  with pytest.raises(ValueError, match="VRT_JAX_KERNELS='gpu'.*'cpu' or 'xla'"):
+    _both(x)
+
+
+@pytest.mark.parametrize("platform, kept, dropped", [("cpu", "1.100000e+01", "2.200000e+01"),
+                                                     ("tpu", "2.200000e+01", "1.100000e+01"),
+                                                     ("cuda", "2.200000e+01", "1.100000e+01")])
+def test_choice_follows_the_platform_compiled_for(monkeypatch, platform, kept, dropped):
+  # Lowered on this CPU host for another platform (as an ahead-of-time TPU compile is), the
+  # program holds only that platform's implementation.
+  monkeypatch.delenv(kernels.KERNELS_ENV, raising=False)
+  exported = jax.export.export(jax.jit(_both), platforms=[platform])(
+      jax.ShapeDtypeStruct((3,), jnp.float32))
+  text = exported.mlir_module()
+  assert kept in text and dropped not in text
+  if platform == "cpu":
+    np.testing.assert_array_equal(exported.call(jnp.zeros(3)), np.full(3, 11.0))
+
+
+def test_unknown_remat_policy_is_refused():
+  with pytest.raises(ValueError, match="remat policy 'everything' is unknown: use one of none"):
+    kernels.remat(vrt_jax.tmsa.TMSA, "everything")
+
+
+@pytest.mark.slow
+def test_both_kernel_paths_and_remat_policies_give_the_same_loss_and_gradients(monkeypatch):
+  kwargs = vrt_jax.presets.tiny(img_size=[4, 64, 64], window_size=[2, 8, 8],
+                                depths=[2] * 9, drop_path_rate=0.0)
+  base = vrt_jax.VRT(**kwargs)
+  params = checkpoint.random_params(base)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.random((1, 4, 64, 64, 3)), jnp.float32)
+  gt = jnp.asarray(rng.random((1, 4, 64, 64, 3)), jnp.float32)
+
+  def grads(choice, remat):
+    monkeypatch.setenv(kernels.KERNELS_ENV, choice)
+    jax.clear_caches()
+    model = vrt_jax.VRT(**kwargs, remat=remat)
+
+    def loss(p, x):
+      return jnp.mean(jnp.abs(model.apply({"params": p}, x, train=True) - gt))
+
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, x)
+
+  want_loss, want = grads("cpu", "none")
+  for choice, remat in (("xla", "none"), ("xla", "full"), ("cpu", "dots_no_batch")):
+    got_loss, got = grads(choice, remat)
+    np.testing.assert_allclose(got_loss, want_loss, rtol=1e-5, err_msg=f"{choice}/{remat}")
+    for (path, g), w in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want),
+                            strict=True):
+      scale = float(np.max(np.abs(w))) or 1.0
+      np.testing.assert_allclose(g, w, atol=1e-4 * scale, rtol=0,
+                                 err_msg=f"{choice}/{remat} {jax.tree_util.keystr(path)}")
+  jax.clear_caches()

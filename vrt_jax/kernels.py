@@ -1,0 +1,81 @@
+"""Which implementation of each kernel runs on which backend, and how blocks are rematerialised.
+
+VRT's heavy operations have two implementations, written beside each other in the model files:
+
+* ``cpu``: tuned for XLA's CPU backend. Hand-written gradients that keep fewer activations,
+  cache-sized loops, and values tied in place so that XLA's CPU scheduler neither hoists
+  recomputation into the forward pass nor keeps every layer's constants resident
+  (vrt_jax.memory).
+* ``xla``: plain jnp / lax with autodiff, for TPU and GPU, where those tricks only cost fusions
+  and memory; memory is governed by the remat policy instead (`remat`).
+
+`dispatch(cpu=..., xla=...)` makes the choice from the platform the program is *compiled for*,
+at lowering time (`jax.lax.platform_dependent`): a TPU program compiled ahead of time on a CPU
+host gets the accelerator path, a CPU run gets the CPU path. ``VRT_JAX_KERNELS=cpu`` or ``xla``
+forces one implementation everywhere (tests run both on CPU).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+
+KERNELS_ENV = "VRT_JAX_KERNELS"
+KERNEL_CHOICES = ("cpu", "xla")
+
+
+def forced() -> str | None:
+  """The implementation forced by VRT_JAX_KERNELS ('cpu' or 'xla'), or None (per platform)."""
+  value = os.environ.get(KERNELS_ENV, "").strip().lower()
+  if value in ("", "auto"):
+    return None
+  if value not in KERNEL_CHOICES:
+    raise ValueError(f"{KERNELS_ENV}={value!r} is not a kernel choice: set it to 'cpu' or "
+                     "'xla', or unset it to choose per platform")
+  return value
+
+
+def dispatch(*, cpu: Callable[..., Any], xla: Callable[..., Any]) -> Callable[..., Any]:
+  """A function that runs `cpu` in programs compiled for CPU and `xla` everywhere else.
+
+  Both must compute the same function, with outputs of the same shapes and dtypes. Arguments
+  may be anything (arrays, numpy constants, Python numbers): the branches close over them.
+  """
+
+  @functools.wraps(xla)
+  def kernel(*args: Any, **kwargs: Any) -> Any:
+    choice = forced()
+    if choice is not None:
+      return (cpu if choice == "cpu" else xla)(*args, **kwargs)
+    return jax.lax.platform_dependent(cpu=lambda: cpu(*args, **kwargs),
+                                      default=lambda: xla(*args, **kwargs))
+
+  return kernel
+
+
+# Remat policies for a TMSA block (`config.model.remat`), after maxtext's configurable ones:
+# what each block keeps for the backward pass; the rest is recomputed from the block's input.
+REMAT_POLICIES: dict[str, Any] = {
+    "none": None,  # Keep what autodiff keeps (the CPU kernels already recompute a good part).
+    "full": jax.checkpoint_policies.nothing_saveable,  # Keep the block input only.
+    "dots": jax.checkpoint_policies.dots_saveable,  # Keep matmul outputs.
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # Projections.
+}
+
+
+def remat(module: type[nn.Module], policy: str) -> type[nn.Module]:
+  """`module` (a block called as block(x, train)) rematerialised under `policy`.
+
+  Parameter names are unchanged: the wrapped class is instantiated with the same name.
+  """
+  if policy not in REMAT_POLICIES:
+    raise ValueError(f"remat policy {policy!r} is unknown: use one of "
+                     f"{', '.join(REMAT_POLICIES)}")
+  if policy == "none":
+    return module
+  return nn.remat(module, policy=REMAT_POLICIES[policy], static_argnums=(2,))
