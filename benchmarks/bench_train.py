@@ -44,7 +44,7 @@ def jax_worker(args: argparse.Namespace) -> None:
   import optax
 
   import vrt_jax
-  from vrt_jax import checkpoint
+  from vrt_jax import checkpoint, train_step
 
   b, t, h, w, c = common.parse_shape(args.shape)
   kwargs = {**common.preset_kwargs(args.preset), **json.loads(args.overrides)}
@@ -57,25 +57,17 @@ def jax_worker(args: argparse.Namespace) -> None:
   gt = jnp.asarray(rng.random((b, t, s * h, s * w, model.out_chans), np.float32))
   params = jax.device_put(checkpoint.random_params(model))
   tx = optax.adam(LR, b1=BETAS[0], b2=BETAS[1])
-  opt_state = tx.init(params)
-
-  def loss_fn(p, key):
-    out = model.apply({"params": p}, x, train=True, rngs={"dropout": key})
-    return jnp.mean(jnp.sqrt(jnp.square(out - gt) + EPS))
-
-  # State buffers donated, as in vrt_jax.train_lib's step.
-  @functools.partial(jax.jit, donate_argnums=(0, 1))
-  def step(p, o, key):
-    loss, grads = jax.value_and_grad(loss_fn)(p, key)
-    updates, o = tx.update(grads, o, p)
-    return optax.apply_updates(p, updates), o, loss
-
-  state = {"p": params, "o": opt_state, "key": jax.random.key(0)}
+  # The step train.py runs (vrt_jax.train_step), state donated as there.
+  step = jax.jit(functools.partial(train_step.train_step, model=model, tx=tx,
+                                   dropout_rng=jax.random.key(0), loss_eps=EPS),
+                 donate_argnums=0)
+  box = {"state": {"step": jnp.zeros([], jnp.int32), "params": params,
+                   "opt_state": tx.init(params)}}
+  batch = {"lq": x, "gt": gt}
 
   def call():
-    state["key"], sub = jax.random.split(state["key"])
-    state["p"], state["o"], loss = step(state["p"], state["o"], sub)
-    jax.block_until_ready(loss)
+    box["state"], metrics = step(box["state"], batch)
+    jax.block_until_ready(metrics["loss"])
 
   first, steady = common.time_calls(call, args.runs)
   common.emit(common.timing(f"vrt-jax ({jax.default_backend()})", args, first, steady))

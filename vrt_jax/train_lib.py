@@ -18,15 +18,13 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from absl import logging
 from tqdm import tqdm
 
 import vrt_jax
-from vrt_jax import checkpoint, inference, losses, metrics, optim, sharding, video
+from vrt_jax import checkpoint, inference, metrics, optim, sharding, train_step, video
 from vrt_jax.data import pipeline
 
 METRICS_FILE = "metrics.jsonl"
@@ -47,7 +45,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   # ----------------------------------------------------------------- mesh, model, data
   mesh = sharding.make_mesh(config)
-  replicated = sharding.replicated(mesh)
   model = vrt_jax.VRT(**config.model.to_dict())
   loader = pipeline.make_train_loader(
       config.data, batch_size=sharding.local_batch_size(config.batch_size), seed=config.seed,
@@ -58,17 +55,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   tx, schedule = optim.make_optimizer(config.optim)
   fix_iter = int(config.optim.fix_iter)
 
-  def init_state(rng: jax.Array) -> dict[str, Any]:
-    x = jnp.zeros(checkpoint.example_input(model).shape, jnp.float32)
-    params = model.init(rng, x)["params"]
-    return {"step": jnp.zeros([], jnp.int32), "params": params, "opt_state": tx.init(params)}
-
   rng = jax.random.key(config.seed)
   init_rng, dropout_rng = jax.random.split(rng)
-  shapes = jax.eval_shape(init_state, init_rng)
-  state_sharding = jax.tree.map(lambda _: replicated, shapes)
-  abstract_state = jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, state_sharding)
+  abstract_state = train_step.abstract_state(model, tx, mesh)
+  state_sharding = jax.tree.map(lambda a: a.sharding, abstract_state)
 
   # ----------------------------------------------------------------- restore or initialise
   manager = checkpoint.make_manager(workdir, max_to_keep=config.max_to_keep,
@@ -92,7 +82,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       start = max(earlier) if earlier else None
   if start is None:
     start = 0
-    init_fn = jax.jit(init_state, out_shardings=state_sharding).lower(init_rng)
+    init_fn = jax.jit(functools.partial(train_step.init_state, model, tx),
+                      out_shardings=state_sharding).lower(init_rng)
     # Initialisation runs once; on CPU, XLA's optimisation passes cost far more than they save.
     options = ({"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
                if jax.default_backend() == "cpu" else None)
@@ -116,39 +107,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     raise ValueError(f"Checkpoint {start} holds step {int(state['step'])}")
 
   # ----------------------------------------------------------------- the train step
-  fix_keys = tuple(config.optim.fix_keys)
-
-  def train_step(state, batch, *, frozen: bool):
-    step_rng = jax.random.fold_in(dropout_rng, state["step"])
-
-    def loss_fn(params):
-      if frozen:
-        # No gradient into SpyNet / DCN weights before fix_iter: XLA then drops their backward.
-        params = jax.tree_util.tree_map_with_path(
-            lambda p, x: jax.lax.stop_gradient(x)
-            if optim.is_fixed(jax.tree_util.keystr(p), fix_keys) else x, params)
-      pred = model.apply({"params": params}, batch["lq"], train=True,
-                         rngs={"dropout": step_rng})
-      return losses.charbonnier(pred, batch["gt"], config.loss_eps)
-
-    loss, grads = jax.value_and_grad(loss_fn)(state["params"])
-    grad_norm = optax.global_norm(grads)
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    if nan_policy == "skip":
-      # A non-finite loss or gradient leaves params and optimizer state as they were.
-      finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-      keep = lambda new, old: jnp.where(finite, new, old)
-      params = jax.tree.map(keep, params, state["params"])
-      opt_state = jax.tree.map(keep, opt_state, state["opt_state"])
-    new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}
-    return new_state, {"loss": loss, "grad_norm": grad_norm}
-
-  step_fns = {
-      frozen: jax.jit(functools.partial(train_step, frozen=frozen),
-                      in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
-                      out_shardings=(state_sharding, replicated), donate_argnums=0)
-      for frozen in (True, False)}
+  step_fns = {frozen: train_step.jit_train_step(model, tx, config, mesh, dropout_rng,
+                                                frozen=frozen)
+              for frozen in (True, False)}
   compiled: dict[bool, Any] = {}  # Compiled ahead of their first run: see sync_processes.
 
   # ----------------------------------------------------------------- the loop

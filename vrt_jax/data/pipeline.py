@@ -131,6 +131,22 @@ def settings_from_config(data_cfg: Any) -> DataSettings:
 # ------------------------------------------------------------------------------------------------
 # Stores and keys.
 # ------------------------------------------------------------------------------------------------
+def batch_shapes(data_cfg: Any, batch_size: int) -> dict[str, tuple[int, ...]]:
+  """The shapes of a training batch: {"lq": (B, T, p / s, p / s, Cin), "gt": (B, T_out, p, p, 3)}.
+
+  What `make_train_loader` yields for this data config (frame interpolation: 4 input frames,
+  1 target; denoising: the noise map as a 4th input channel), without reading any data.
+  """
+  s = settings_from_config(data_cfg)
+  p = s.gt_patch
+  if s.degradation == "vfi":
+    return {"lq": (batch_size, 4, p, p, 3), "gt": (batch_size, 1, p, p, 3)}
+  lq_p = p // s.scale if s.downsample else p
+  cin = 4 if s.degradation == "noise" else 3
+  return {"lq": (batch_size, s.num_frames, lq_p, lq_p, cin),
+          "gt": (batch_size, s.num_frames, p, p, 3)}
+
+
 def _lq_on_disk(s: DataSettings) -> bool:
   return s.degradation in ("bi", "bd", "blur") and bool(s.lq_root)
 
