@@ -14,7 +14,7 @@ setting of the config's preset.
 from absl import app, flags
 from ml_collections import config_flags
 
-from vrt_jax import eval_lib, memory
+from vrt_jax import eval_lib, memory, runtime
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/<task>.py).")
 _CHECKPOINT = flags.DEFINE_string(
@@ -45,6 +45,7 @@ def _triple(values: list[str] | None, name: str) -> tuple[int, int, int] | None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  runtime.enable_compilation_cache()  # Each tile shape compiles once, across runs too.
   eval_lib.evaluate_from_config(
       _CONFIG.value, checkpoint=_CHECKPOINT.value, lq=_LQ.value, gt=_GT.value,
       output_dir=_OUTPUT.value, layout=_LAYOUT.value, sigma=_SIGMA.value,

@@ -12,7 +12,7 @@ JAX_PROCESS_ID environment variables).
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from vrt_jax import memory, sharding
+from vrt_jax import memory, runtime, sharding
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
@@ -26,6 +26,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  runtime.enable_compilation_cache()  # A restarted run loads its compiled step.
   sharding.maybe_initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                         FLAGS.process_id)
   from vrt_jax import train_lib  # After distributed init: it touches no backend before that.

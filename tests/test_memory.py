@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vrt_jax import attention, memory
+from vrt_jax import attention, memory, runtime
 
 
 def _naive_attention(qkv, qkv_mut, nh, scale, bias, labels):
@@ -155,3 +155,29 @@ def test_reexec_with_huge_pages_restarts_once_with_the_tunable():
   # Restarted (the first line printed twice) exactly where the tunable applies.
   assert lines.count("start") == (2 if expected else 1), lines
   assert lines[-1] == f"tunables {expected}"
+
+
+def test_entry_points_keep_compiled_programs_between_runs(tmp_path):
+  # runtime.enable_compilation_cache: a second process loads the first one's program.
+  script = (
+      "import jax, jax.numpy as jnp\n"
+      "from vrt_jax import runtime\n"
+      "print(runtime.enable_compilation_cache())\n"
+      "jax.monitoring.register_event_listener(lambda name, **_: print(name))\n"
+      "jax.jit(lambda x: jnp.sin(x) @ x.T)(jnp.ones((64, 64))).block_until_ready()\n")
+  env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+  env.update(XDG_CACHE_HOME=str(tmp_path), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PLATFORMS="cpu")
+  first = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                         text=True, check=True)
+  cache = tmp_path / "vrt-jax" / "xla"
+  hit = "/jax/compilation_cache/cache_hits"
+  assert first.stdout.splitlines()[0] == str(cache) and hit not in first.stdout
+  assert any(cache.iterdir()), "nothing was cached"
+  second = subprocess.run([sys.executable, "-c", script], env=env, check=True,
+                          capture_output=True, text=True)
+  assert hit in second.stdout
+  env[runtime.CACHE_ENV] = str(tmp_path / "elsewhere")
+  out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                       check=True)
+  assert out.stdout.splitlines()[0] == str(tmp_path / "elsewhere") and hit not in out.stdout

@@ -32,7 +32,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from vrt_jax import inference, memory, presets, video
+from vrt_jax import inference, memory, presets, runtime, video
 
 # Bytes of device memory per input voxel (one pixel of one frame) of a tile, from XLA's memory
 # analysis of the jitted tiny VRT on CPU: 4.6-4.9 KB per voxel for tiles 6x64x64 (121 MB),
@@ -328,6 +328,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                       help="if --weights is a training workdir whose latest checkpoint is "
                            "unreadable, use the latest earlier one that loads")
   args = parser.parse_args(argv)
+  runtime.enable_compilation_cache()  # Each tile shape compiles once, across runs too.
   restorer = load_restorer(preset=args.preset, weights=args.weights, config=args.config,
                            checkpoint_fallback=args.checkpoint_fallback)
   print(f"restoring {args.input} -> {args.output} on {jax.devices()[0].platform}")
