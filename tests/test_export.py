@@ -14,10 +14,16 @@ SHAPE = (1, 2, 64, 64)
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-  """The tiny VRT's exported weights directory, its params, and the frames model.apply makes."""
+def tiny_weights(tmp_path_factory):
+  """A directory with the tiny VRT's weights, exported with its model record."""
   tmp = tmp_path_factory.mktemp("export")
-  _, weights = write_tiny_setup(tmp)
+  return tmp, write_tiny_setup(tmp)[1]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_weights):
+  """The tiny VRT's weights directory, an input tile and the frames model.apply makes of it."""
+  tmp, weights = tiny_weights
   model = vrt_jax.VRT(**presets.tiny())
   params = checkpoint.load_params(str(weights), model)
   x = np.random.default_rng(0).random((*SHAPE, 3), dtype=np.float32)
@@ -54,8 +60,8 @@ def test_export_round_trip_gives_the_same_frames(tiny, mode, capsys):
   np.testing.assert_allclose(np.asarray(got), want, atol=1e-5, rtol=0)
 
 
-def test_export_refuses_shapes_and_models_it_cannot_export(tiny, tmp_path, capsys):
-  _, weights, _, _ = tiny
+def test_export_refuses_shapes_and_models_it_cannot_export(tiny_weights, tmp_path):
+  _, weights = tiny_weights
   for shape, match in [("1,2,60,64", "H=60 is not supported"), ("1,2,64", "B,T,H,W"),
                        ("1,2,64,64,4", "expects 3 channels")]:
     with pytest.raises(SystemExit, match=match):

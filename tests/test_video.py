@@ -282,3 +282,22 @@ def test_audio_is_dropped_on_request_or_when_the_rate_changes(tmp_path):
                                   **kw)
   assert "audio dropped" in summary["output"]
   assert audio_packets(tmp_path / "b.mp4") == ("none", [])
+
+
+def test_frame_folders_and_odd_sizes(tmp_path):
+  rng = np.random.default_rng(1)
+  # PNG frames (sRGB) to video: tagged by output size, 4:4:4 when the size is odd.
+  video.write_video(tmp_path / "odd", rng.random((2, 17, 33, 3), dtype=np.float32))
+  reader = video.open_video(tmp_path / "odd")
+  assert reader.color is None and reader.bit_depth == 8 and not reader.has_audio
+  writer = video.open_writer(tmp_path / "odd.mp4", reader, fps=reader.fps)
+  for t in range(2):
+    writer.write(t, reader.read(t, t + 1)[0])
+  writer.close()
+  frames, tags, pix_fmt = decode(tmp_path / "odd.mp4")
+  assert pix_fmt == "yuv444p" and tags == (6, 6, 6, 1) and frames.shape == (2, 17, 33, 3)
+  with pytest.raises(ValueError, match="subsamples chroma, so the frame size must be even"):
+    video.open_writer(tmp_path / "odd420.mp4", reader, fps=reader.fps,
+                      options=video.OutputOptions(pix_fmt="yuv420p"))
+  reader.close()
+  assert not list(tmp_path.glob("*odd420*"))

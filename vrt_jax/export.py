@@ -48,9 +48,10 @@ PARAM_MODES = ("baked", "argument")
 
 
 def model_from_args(*, preset: str | None, weights: str | None, config: str | None
-                    ) -> tuple[Any, dict[str, Any], str | None, Any]:
-  """(model, model kwargs, preset, params): kwargs from --config, else --preset, else the
-  `model_config.json` of an exported weights directory; params via checkpoint.load_params."""
+                    ) -> tuple[Any, dict[str, Any], str | None]:
+  """(model, model kwargs, preset): kwargs from --config, else --preset, else the
+  `model_config.json` of an exported weights directory (the weights are loaded separately, with
+  `checkpoint.load_params(weights, model)`)."""
   import vrt_jax
   from vrt_jax import checkpoint, restore
 
@@ -68,8 +69,7 @@ def model_from_args(*, preset: str | None, weights: str | None, config: str | No
   if not weights:
     raise ValueError("give --weights (an official .pth, an exported params directory or a "
                      "training workdir): an export without trained weights restores nothing")
-  model = vrt_jax.VRT(**kwargs)
-  return model, kwargs, preset, checkpoint.load_params(weights, model)
+  return vrt_jax.VRT(**kwargs), kwargs, preset
 
 
 def input_shape(model: Any, shape: Sequence[int]) -> tuple[int, int, int, int, int]:
@@ -190,8 +190,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                       help="comma-separated lowering platforms: cpu, cuda, rocm, tpu (default: "
                            f"this machine's, {jax.default_backend()})")
   args = parser.parse_args(argv)
+  from vrt_jax import checkpoint
+
   try:
-    model, kwargs, preset, params = model_from_args(
+    model, kwargs, preset = model_from_args(
         preset=args.preset, weights=args.weights, config=args.config)
     shape = args.shape
     if shape is None:
@@ -200,7 +202,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         raise ValueError("give the input tile with --shape B,T,H,W (this model has no "
                          "official test tile)")
       shape = (1, *tile)
-    shape = input_shape(model, shape)
+    shape = input_shape(model, shape)  # Checked before the (slow) weights are loaded.
+    params = checkpoint.load_params(args.weights, model)
     platforms = args.platforms and [p.strip().lower() for p in args.platforms]
     exported = export_forward(model, params, shape, params_mode=args.params,
                               platforms=platforms)

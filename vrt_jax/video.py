@@ -449,13 +449,14 @@ def default_codec(path: str | os.PathLike) -> str:
 
 def default_pix_fmt(codec_formats: list[str], bit_depth: int, width: int, height: int) -> str:
   """4:2:0 (4:4:4 for odd sizes, which 4:2:0 cannot hold), 10-bit when the source has more than
-  8 bits and the encoder can, else 8-bit; the encoder's first format if it has none of these."""
+  8 bits and the encoder can, else 8-bit; the encoder's first format if it has none of these
+  (an encoder that lists no formats gets the 8-bit one)."""
   family = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
   candidates = ([f"{family}10le"] if bit_depth > 8 else []) + [family]
   for fmt in candidates:
     if fmt in codec_formats:
       return fmt
-  return codec_formats[0]
+  return codec_formats[0] if codec_formats else family
 
 
 class VideoFileWriter:
@@ -497,7 +498,10 @@ class VideoFileWriter:
     elif formats and pix_fmt not in formats:
       raise ValueError(f"encoder {codec} cannot encode pixel format {pix_fmt!r}; it takes "
                        f"{', '.join(formats)}")
-    fmt = av.VideoFormat(pix_fmt)
+    try:
+      fmt = av.VideoFormat(pix_fmt)
+    except (ValueError, TypeError) as e:
+      raise ValueError(f"unknown pixel format {pix_fmt!r} ({e})") from e
     if ((width % 2 and fmt.chroma_width(width) != width)
         or (height % 2 and fmt.chroma_height(height) != height)):
       raise ValueError(f"pixel format {pix_fmt} subsamples chroma, so the frame size must be "
