@@ -36,11 +36,10 @@ def tiny(tiny_weights):
 def test_export_round_trip_gives_the_same_frames(tiny, mode, capsys):
   tmp, weights, x, want = tiny
   out = tmp / mode
-  record = export.main([str(out), "--weights", str(weights), "--params", mode,
-                        "--shape", ",".join(map(str, SHAPE))])
+  export.main([str(out), "--weights", str(weights), "--params", mode,
+               "--shape", ",".join(map(str, SHAPE))])
   assert "exported model forward (1, 2, 64, 64, 3) -> (1, 2, 64, 64, 3)" in capsys.readouterr().out
   sidecar = json.loads((out / export.SIDECAR).read_text())
-  assert sidecar == record
   assert sidecar["input_shape"] == [*SHAPE, 3] and sidecar["input_dtype"] == "float32"
   assert sidecar["model"] == presets.tiny() and sidecar["params"] == mode
   assert sidecar["platforms"] == [jax.default_backend()]

@@ -8,6 +8,7 @@ so that the installed package, not the checkout, is what runs.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -57,7 +58,13 @@ def tone_video(path, frames):
 def test_wheel_in_a_fresh_venv_restores_and_exports(tmp_path):
   env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
   env["JAX_PLATFORMS"] = "cpu"
-  run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", tmp_path / "dist", REPO],
+  # Built from a clean copy: setuptools builds in the source tree, and a stale build/ there could
+  # put files in the wheel that the package no longer has.
+  source = tmp_path / "source"
+  shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+      ".git", "build", "dist", "*.egg-info", ".*venv*", "venv", "__pycache__", ".pytest_cache",
+      ".ruff_cache", "workdir*", "results"))
+  run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", tmp_path / "dist", source],
       cwd=tmp_path, env=env)
   (wheel,) = (tmp_path / "dist").glob("vrt_jax-*.whl")
   run([sys.executable, "-m", "venv", tmp_path / "venv"], cwd=tmp_path, env=env)

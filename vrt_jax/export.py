@@ -169,7 +169,8 @@ def _ints(text: str) -> tuple[int, ...]:
     raise argparse.ArgumentTypeError(f"expected comma-separated integers; got {text}") from None
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+def main(argv: Sequence[str] | None = None) -> None:
+  """The vrt-export command (returns None: a console script exits with main's return value)."""
   parser = argparse.ArgumentParser(
       prog="vrt-export", description=__doc__.split("\n\n")[0],
       epilog="OUT gets forward.jax_export, forward.mlirbc and export.json (see the module "
@@ -215,7 +216,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   print(f"exported {preset or 'model'} forward {tuple(record['input_shape'])} -> "
         f"{tuple(record['output_shape'])} for {', '.join(record['platforms'])} "
         f"(params {args.params}) to {args.out} ({size:.1f} MiB)")
-  return record
 
 
 if __name__ == "__main__":
