@@ -63,7 +63,7 @@ def test_wheel_in_a_fresh_venv_restores_and_exports(tmp_path):
   source = tmp_path / "source"
   shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
       ".git", "build", "dist", "*.egg-info", ".*venv*", "venv", "__pycache__", ".pytest_cache",
-      ".ruff_cache", "workdir*", "results"))
+      ".ruff_cache", "workdir*", "results", "tests"))  # tests/data: 67 MB of goldens
   run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", tmp_path / "dist", source],
       cwd=tmp_path, env=env)
   (wheel,) = (tmp_path / "dist").glob("vrt_jax-*.whl")
