@@ -4,8 +4,10 @@
       --weights model_zoo/006_VRT_videodeblurring_GoPro.pth [--memory_budget_mb 8000]
 
 INPUT and OUTPUT are frame folders or video files (.mp4, ...); a video output keeps the input's
-frame rate. The clip is read, restored and written one temporal tile at a time, so memory does
-not grow with the number of frames. Writing to a frame folder resumes: temporal tiles whose
+frame rate, colour description (BT.709 / BT.601 tags) and audio, and a >8-bit input gives 10-bit
+video or 16-bit PNGs (--codec, --crf, --pix_fmt, --bit_depth, --no_audio; see vrt_jax.video).
+The clip is read, restored and written one temporal tile at a time, so memory does not grow with
+the number of frames. Writing to a frame folder resumes: temporal tiles whose
 output frames all exist are skipped (frames are written atomically, so an interrupted run leaves
 only complete frames; `.vrt_restore.json` in the folder records the input, model, weights and
 sigma, and a rerun that differs in any of them is refused instead of mixing outputs). A video
@@ -186,11 +188,15 @@ def load_restorer(*, preset: str | None, weights: str, config: str | None = None
 def restore_video(restorer: Restorer, input_path: str, output_path: str, *,
                   tile: Sequence[int] | None = None, tile_overlap: Sequence[int] | None = None,
                   memory_budget_mb: float | None = None, sigma: float = 0,
-                  fps: float | None = None, progress: bool = True) -> dict[str, Any]:
+                  fps: float | None = None, progress: bool = True,
+                  output: video.OutputOptions | None = None) -> dict[str, Any]:
   """Restores INPUT (frame folder / video) to OUTPUT (frame folder / video), streaming.
 
   sigma: noise level (/255) of the input, required by non-blind denoising models.
-  Returns a summary: frames, skipped (already present), tile, tile_overlap, fps.
+  output: codec, CRF, pixel format, PNG bit depth, audio (`video.open_writer` picks the rest
+  from the input: colour description, bit depth, audio streams).
+  Returns a summary: frames, skipped (already present), tile, tile_overlap, fps, output (what
+  was written: codec, pixel format, colours, audio, or the PNG bit depth).
   """
   spec = inference.ModelSpec.from_model(restorer.model)
   nonblind = spec.in_channels == restorer.model.in_chans + 1
@@ -204,11 +210,14 @@ def restore_video(restorer: Restorer, input_path: str, output_path: str, *,
         budget_bytes=budget, tile=tile, tile_overlap=tile_overlap, preset=restorer.preset)
     out_fps = fps or reader.fps
     s = spec.scale
-    if video.is_video_path(output_path):
-      writer = video.VideoFileWriter(output_path, out_fps, reader.width * s, reader.height * s)
-    else:
-      writer = video.FrameFolderWriter(output_path)
-      check_resume_record(output_path, run_record(restorer, reader, input_path, sigma))
+    # --- video output options (vrt_jax.video.open_writer validates them before any compile) ---
+    writer = video.open_writer(output_path, reader, fps=out_fps, scale=s, options=output)
+    if isinstance(writer, video.FrameFolderWriter):
+      record = run_record(restorer, reader, input_path, sigma)
+      if writer.bit_depth != 8:  # Resuming must not mix 8- and 16-bit frames.
+        record["bit_depth"] = writer.bit_depth
+      check_resume_record(output_path, record)
+    # --- end video output options ---
     skipped = sum(writer.exists(t) for t in range(reader.num_frames))
 
     def read(start: int, stop: int) -> np.ndarray:
@@ -238,7 +247,7 @@ def restore_video(restorer: Restorer, input_path: str, output_path: str, *,
   finally:
     reader.close()
   return dict(frames=reader.num_frames, written=written, skipped=skipped, tile=list(tile),
-              tile_overlap=list(tile_overlap), fps=float(out_fps))
+              tile_overlap=list(tile_overlap), fps=float(out_fps), output=writer.description)
 
 
 RESUME_RECORD = ".vrt_restore.json"
@@ -327,16 +336,31 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   parser.add_argument("--checkpoint_fallback", action="store_true",
                       help="if --weights is a training workdir whose latest checkpoint is "
                            "unreadable, use the latest earlier one that loads")
+  # --- video output options ---
+  parser.add_argument("--codec", help="video encoder (default libx264; libvpx-vp9 for .webm)")
+  parser.add_argument("--crf", type=float,
+                      help="constant quality (default 17 for libx264, 31 for libvpx-vp9)")
+  parser.add_argument("--pix_fmt", help="encoded pixel format, e.g. yuv420p10le for 10 bits "
+                                        "(default: yuv420p, 10-bit for a >8-bit input)")
+  parser.add_argument("--bit_depth", type=int, choices=video.BIT_DEPTHS,
+                      help="PNG output bits (default 16 for a >8-bit input, else 8)")
+  parser.add_argument("--no_audio", action="store_true",
+                      help="do not copy the input video's audio into the output video")
+  # --- end video output options ---
   args = parser.parse_args(argv)
+  output = video.OutputOptions(codec=args.codec, crf=args.crf, pix_fmt=args.pix_fmt,
+                               bit_depth=args.bit_depth, audio=not args.no_audio)
+  video.check_output(args.output, output, input_path=args.input)  # Before loading the model.
   runtime.enable_compilation_cache()  # Each tile shape compiles once, across runs too.
   restorer = load_restorer(preset=args.preset, weights=args.weights, config=args.config,
                            checkpoint_fallback=args.checkpoint_fallback)
   print(f"restoring {args.input} -> {args.output} on {jax.devices()[0].platform}")
   summary = restore_video(restorer, args.input, args.output, tile=args.tile,
                           tile_overlap=args.tile_overlap, memory_budget_mb=args.memory_budget_mb,
-                          sigma=args.sigma, fps=args.fps)
+                          sigma=args.sigma, fps=args.fps, output=output)
   print(f"{summary['written']} frames written ({summary['skipped']} already present), tile "
-        f"{tuple(summary['tile'])}, overlap {tuple(summary['tile_overlap'])}")
+        f"{tuple(summary['tile'])}, overlap {tuple(summary['tile_overlap'])}; "
+        f"{summary['output']}")
   return summary
 
 
