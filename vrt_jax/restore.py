@@ -117,8 +117,11 @@ def choose_tiling(model_kwargs: dict[str, Any], num_frames: int, height: int, wi
     need = estimate_tile_bytes(model_kwargs, (t, h, w)) / 2**20
     raise ValueError(f"memory budget {budget_bytes / 2**20:.0f} MB is too small: the smallest "
                      f"tile ({t}, {h}, {w}) needs about {need:.0f} MB")
-  # Tiles that cover a whole dimension are passed as 0 (untiled, mirror-padded).
-  new_tile = (0 if t >= num_frames else t, 0 if h >= height else h, 0 if w >= width else w)
+  # Spatial tiles that cover the frame are passed as 0 (the same single padded tile). A temporal
+  # tile that covers the clip stays as given: the clip then runs at its own length, where 0 would
+  # pad it to the window (the reference differs between the two).
+  new_tile = (int(tile[0]) if t >= num_frames else t, 0 if h >= height else h,
+              0 if w >= width else w)
   return new_tile, _fit_overlap(overlap, new_tile) if not user_overlap else tuple(
       o if n else 0 for o, n in zip(overlap, new_tile, strict=True))
 
