@@ -50,7 +50,15 @@ def test_eval_script_prints_table_and_writes_results(tmp_path):
   assert 5 < results["average"]["psnr"] < 60 and 0 < results["average"]["ssim"] <= 1
   assert f"{results['average']['psnr']:8.2f}" in average[0]
   rows = list(csv.reader(open(out / "results.csv")))
-  assert rows[0] == ["clip", "frames", *eval_lib.METRIC_KEYS] and rows[-1][0] == "average"
+  assert rows[0] == ["clip", "frames", *eval_lib.METRIC_KEYS, "input_psnr"]
+  assert rows[-1][0] == "average"
+  # The blurred input's PSNR stands beside the output's, in the table and the files.
+  want_in = np.mean([metrics.clip_metrics(video.read_images(video.list_frames(tmp_path / "lq" / c)),
+                                          video.read_images(video.list_frames(tmp_path / "gt" / c)))
+                     ["psnr"] for c in ("000", "011")])
+  assert results["average"]["input_psnr"] == pytest.approx(want_in, abs=1e-4)
+  assert f"{want_in:8.2f}" in average[0]
+  assert "layout paired (" in proc.stdout
   assert len(list((out / "000").glob("*.png"))) == 6
   comparison = video.read_image(out / "comparison.png")
   assert comparison.shape == (64, 3 * 64, 3)

@@ -193,6 +193,22 @@ class _Restorer:
     self.variables = variables
     self.tile = tuple(int(t) for t in tile)
     self.overlap = tuple(int(o) for o in tile_overlap)
+    self._seen: set[tuple[int, ...]] = set()
+
+  def _apply(self, patch: np.ndarray, pbar: tqdm | None) -> np.ndarray:
+    """One model call; the first call of a shape compiles, shown as such and kept out of the
+    progress bar's rate and ETA."""
+    first = patch.shape not in self._seen
+    self._seen.add(patch.shape)
+    pbar = None if pbar is None or pbar.disable else pbar
+    if first and pbar is not None:
+      desc = pbar.desc
+      pbar.set_description_str(f"compiling for {'x'.join(map(str, patch.shape[1:4]))}")
+    out = np.array(self.apply_fn(self.variables, patch), dtype=np.float32)
+    if first and pbar is not None:
+      pbar.set_description_str(desc, refresh=False)
+      pbar.unpause()  # Restart the timer: the rate and ETA count running, not compiling.
+    return out
 
   def temporal_plan(self, num_frames: int) -> tuple[list[int], int, bool]:
     """Temporal tile starts, tile length and whether to pad T.
@@ -248,7 +264,7 @@ class _Restorer:
     for hi in h_starts:
       for wi in w_starts:
         patch = clip[:, :, hi:hi + th, wi:wi + tw]
-        out = np.array(self.apply_fn(self.variables, patch), dtype=np.float32)[:, :t_out]
+        out = self._apply(patch, pbar)[:, :t_out]
         expected = (b, t_out, th * s, tw * s, c_out)
         if out.shape != expected:
           raise ValueError(f"model output shape {out.shape}, expected {expected}")
