@@ -10,6 +10,7 @@ import csv
 import dataclasses
 import json
 import os
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -299,9 +300,14 @@ def evaluate_from_config(config: Any, *, checkpoint: str, lq: str | None, gt: st
     tile_overlap = tuple(tile_overlap) if tile_overlap else default_overlap
     log(f"{len(testset)} clips, layout {layout} ({why}), tile {tile}, overlap {tile_overlap}"
         + (f", sigma {sigma:g}" if sigma else ""))
+    started = time.perf_counter()
     results = evaluate(model, {"params": params}, testset, tile=tile, tile_overlap=tile_overlap,
                        output_dir=output_dir, save_images=save_images, sigma=sigma, log=log)
+    seconds = time.perf_counter() - started
     log(format_table(results))
+    frames = sum(int(np.asarray(c["frames"])) for c in results["clips"])
+    log(f"{len(results['clips'])} clips, {frames} scored frames in {seconds:.1f} s "
+        f"({frames / seconds:.2f} frames/s, compiling included)")
     write_results(results, output_dir, extra=dict(
         checkpoint=str(checkpoint), lq=lq, gt=gt, layout=layout, sigma=sigma, tile=list(tile),
         tile_overlap=list(tile_overlap), preset=config.get("preset"), task=config.task))
