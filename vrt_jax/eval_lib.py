@@ -185,6 +185,8 @@ def evaluate(model: Any, variables: Any, testset: Iterable[testsets.TestClip], *
     if lq.ndim != 4:
       raise ValueError(f"clip {clip.name}: LQ must be (T, H, W, C); got shape {lq.shape}")
     _check_pair(clip, 1 if spec.is_interpolation else lq.shape[0], spec.scale)
+    if i == 0:
+      log(f"{clip.name:24s} compiling the model for its tiles, then restoring")
     try:
       out = inference.restore(model, variables, lq[None], tile=tile, tile_overlap=tile_overlap,
                               apply_fn=apply_fn, progress=False)[0]
