@@ -368,3 +368,29 @@ def test_describe_tiling_reports_the_tiles_run():
       "mirror-padded T 7 -> 8, H 37 -> 40")
   with pytest.raises(ValueError, match="temporal tile 1 is too short"):
     inference.describe_tiling(model, (7, 40, 56), (1, 16, 16), (0, 4, 4))
+
+
+def test_progress_shows_compiling_and_keeps_it_out_of_the_rate(capsys):
+  # The first call of a tile shape (compiling, here a 2 s stand-in) is labelled as such, and
+  # the bar's rate counts only the tiles run after it (instant here).
+  import re
+  import time
+
+  seen = set()
+
+  def fn(v, x):
+    if x.shape not in seen:
+      seen.add(x.shape)
+      time.sleep(2)
+    return fake_fn(x)
+
+  inference.restore(FakeModel(), None, _clip((1, 13, 40, 56, 3)), tile=(4, 16, 16),
+                    tile_overlap=(1, 4, 4), apply_fn=fn, progress=True)
+  err = capsys.readouterr().err
+  assert "compiling for 4x16x16" in err
+  final = err.replace("\r", "\n").strip().splitlines()[-1]
+  assert "60/60" in final, final  # 5 temporal x 3 x 4 spatial tiles
+  rate = re.search(r"([\d.]+)(tile/s|s/tile)", final)
+  assert rate and rate.group(2) == "tile/s" and float(rate.group(1)) > 20, final
+  # The bar's clock (which its rate and ETA divide by) did not run while compiling.
+  assert re.search(r"\[00:0[01]<", final), final

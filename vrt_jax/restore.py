@@ -559,7 +559,7 @@ def _main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                           log=lambda line: print(f"tiling: {line}", flush=True))
   print(f"{summary['written']} frames written ({summary['skipped']} already present) to "
         f"{args.output} in {summary['seconds']:.1f} s ({summary['frames_per_second']:.2f} "
-        f"frames/s incl. compiling); tile {tuple(summary['tile'])}, overlap "
+        f"frames/s incl. compiling); tile setting {tuple(summary['tile'])}, overlap "
         f"{tuple(summary['tile_overlap'])}")
   if args.summary:
     with open(args.summary, "w") as f:
