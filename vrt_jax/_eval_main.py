@@ -61,6 +61,7 @@ def main(argv):
 
 def run() -> None:
   """Entry point of `vrt-eval` and `python eval.py`."""
-  memory.reexec_with_huge_pages()  # Fewer page faults on CPU (vrt_jax.memory).
   flags.mark_flags_as_required(["config", "checkpoint", "output"])
+  absl_cli.precheck("vrt-eval")
+  memory.reexec_with_huge_pages()  # Fewer page faults on CPU (vrt_jax.memory).
   absl_cli.run(main, prog="vrt-eval")

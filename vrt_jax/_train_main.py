@@ -43,5 +43,6 @@ def main(argv):
 
 def run() -> None:
   """Entry point of `vrt-train` and `python train.py`."""
+  absl_cli.precheck("vrt-train")
   memory.reexec_with_huge_pages()  # Steps 10-15% faster on CPU (vrt_jax.memory).
   absl_cli.run(main, prog="vrt-train")

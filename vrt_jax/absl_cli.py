@@ -45,6 +45,14 @@ def _check_config_file(argv: list[str], prog: str) -> None:
       cli.fail(prog, f"config file {path} does not exist\n(give --config configs/<task>.py)")
 
 
+def precheck(prog: str) -> None:
+  """A missing --config file reported before a restart (memory.reexec_with_huge_pages), which
+  would cost a second start-up. (Other flags are parsed only once, by app.run: ml_collections
+  defines its override flags while parsing, so a second parse would fail.)"""
+  _prog[0] = prog
+  _check_config_file(sys.argv[1:], prog)
+
+
 def run(main: Callable[[list[str]], Any], *, prog: str) -> None:
   """absl's app.run with two-line user errors (exit status 2); tracebacks with --debug."""
   _prog[0] = prog

@@ -526,9 +526,9 @@ def build_parser(prog: str = "vrt-restore") -> argparse.ArgumentParser:
   return parser
 
 
-def _main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-  from vrt_jax import cli
-
+def _parse_and_check(argv: Sequence[str] | None) -> argparse.Namespace:
+  """The arguments, and the cheap checks: nothing is loaded or compiled for a run that cannot
+  succeed (flags, input exists and is readable, frames of one size)."""
   parser = build_parser()
   args = parser.parse_args(argv)
   for name in ("input", "output"):
@@ -538,8 +538,6 @@ def _main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     setattr(args, name, flag or pos)
     if not getattr(args, name):
       parser.error(f"no {name}: give --{name} PATH")
-  cli.quiet_logs()
-  # Cheap checks first: nothing is loaded or compiled for a run that cannot succeed.
   if not Path(args.input).exists():
     raise UserError(f"input {args.input} does not exist; give a frame folder or a video file")
   reader = video.open_video(args.input)
@@ -547,6 +545,14 @@ def _main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     check_input(reader)
   finally:
     reader.close()
+  return args
+
+
+def _main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+  from vrt_jax import cli
+
+  args = _parse_and_check(argv)
+  cli.quiet_logs()
   restorer = load_restorer(preset=args.preset, weights=args.weights, config=args.config,
                            checkpoint_fallback=args.checkpoint_fallback, progress=not args.quiet,
                            log=lambda line: print(line, file=sys.stderr))
@@ -576,7 +582,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 def console_main() -> None:
-  """Entry point of the `vrt-restore` console script."""
+  """Entry point of the `vrt-restore` console script (and `python -m vrt_jax.restore`)."""
+  from vrt_jax import cli
+
+  # A mistake is reported before the restart below, which would cost a second start-up.
+  cli.run(_parse_and_check, None, prog="vrt-restore")
   memory.reexec_with_huge_pages()  # Fewer page faults on CPU (vrt_jax.memory).
   main()
 
