@@ -1,4 +1,4 @@
-"""Evaluates a VRT checkpoint on a test set with the official tiled procedure and metrics.
+"""Evaluates a VRT checkpoint on a test set (the `vrt-eval` command; vrt_jax/_eval_main.py).
 
   python eval.py --config configs/sr_reds.py \
       --checkpoint model_zoo/001_VRT_videosr_bi_REDS_6frames.pth \
@@ -6,54 +6,9 @@
 
 Prints per-clip and average PSNR / SSIM (RGB and Y) and writes results.json, results.csv and
 comparison.png (input | output | ground truth) to --output; --save_images adds the frames.
-Layouts: paired (one subfolder per clip), vimeo (Vimeo-90K-T), davis (denoising, GT only, with
---sigma), vfi (frame interpolation: Vimeo, DAVIS or UCF101). Tiling defaults to the official
-setting of the config's preset.
 """
 
-from absl import app, flags
-from ml_collections import config_flags
-
-from vrt_jax import eval_lib, memory, runtime
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/<task>.py).")
-_CHECKPOINT = flags.DEFINE_string(
-    "checkpoint", None, "Official .pth, exported params directory or training workdir.")
-_LQ = flags.DEFINE_string("lq", None, "Low-quality input root.")
-_GT = flags.DEFINE_string("gt", None, "Ground-truth root.")
-_OUTPUT = flags.DEFINE_string("output", None, "Directory for results.json / .csv and images.")
-_LAYOUT = flags.DEFINE_enum("layout", None, list(eval_lib.LAYOUTS),
-                            "Test-set layout; default from the task.")
-_SIGMA = flags.DEFINE_float("sigma", 0, "Noise level (/255) for denoising test sets.")
-_TILE = flags.DEFINE_list("tile", None, "Tile T,H,W (0 = whole dimension).")
-_TILE_OVERLAP = flags.DEFINE_list("tile_overlap", None, "Tile overlap t,h,w.")
-_SAVE_IMAGES = flags.DEFINE_bool("save_images", False, "Save the restored frames as PNG.")
-_FALLBACK = flags.DEFINE_bool(
-    "checkpoint_fallback", False,
-    "If the latest checkpoint of a training workdir is unreadable, use the latest readable "
-    "earlier one (with a warning) instead of failing.")
-
-
-def _triple(values: list[str] | None, name: str) -> tuple[int, int, int] | None:
-  if values is None:
-    return None
-  if len(values) != 3:
-    raise app.UsageError(f"--{name} takes three integers T,H,W; got {','.join(values)}")
-  return tuple(int(v) for v in values)
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  runtime.enable_compilation_cache()  # Each tile shape compiles once, across runs too.
-  eval_lib.evaluate_from_config(
-      _CONFIG.value, checkpoint=_CHECKPOINT.value, lq=_LQ.value, gt=_GT.value,
-      output_dir=_OUTPUT.value, layout=_LAYOUT.value, sigma=_SIGMA.value,
-      tile=_triple(_TILE.value, "tile"), tile_overlap=_triple(_TILE_OVERLAP.value, "tile_overlap"),
-      save_images=_SAVE_IMAGES.value, checkpoint_fallback=_FALLBACK.value)
-
+from vrt_jax import _eval_main
 
 if __name__ == "__main__":
-  memory.reexec_with_huge_pages()  # Fewer page faults on CPU (vrt_jax.memory).
-  flags.mark_flags_as_required(["config", "checkpoint", "output"])
-  app.run(main)
+  _eval_main.run()

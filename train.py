@@ -1,4 +1,4 @@
-"""Trains VRT.
+"""Trains VRT (the `vrt-train` command; vrt_jax/_train_main.py has the flags).
 
   python train.py --config configs/deblur.py --workdir workdirs/deblur [--config.key=value ...]
 
@@ -9,37 +9,7 @@ Several processes (one per host) form one run when given --coordinator_address /
 JAX_PROCESS_ID environment variables).
 """
 
-from absl import app, flags, logging
-from ml_collections import config_flags
-
-from vrt_jax import memory, runtime, sharding
-
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
-flags.DEFINE_string("coordinator_address", "", "host:port of process 0 for multi-process runs.")
-flags.DEFINE_integer("num_processes", 0, "Number of processes of a multi-process run.")
-flags.DEFINE_integer("process_id", -1, "Index of this process in a multi-process run.")
-flags.mark_flags_as_required(["config", "workdir"])
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  runtime.enable_compilation_cache()  # A restarted run loads its compiled step.
-  sharding.maybe_initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
-                                        FLAGS.process_id)
-  from vrt_jax import train_lib  # After distributed init: it touches no backend before that.
-
-  result = train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  logging.info("Finished: %s", result)
-  if "val_psnr" in result:
-    line = f"Validation PSNR at step {result['step']}: output {result['val_psnr']:.2f} dB"
-    if "val_psnr_input" in result:
-      line += f", input {result['val_psnr_input']:.2f} dB"
-    print(line, flush=True)
-
+from vrt_jax import _train_main
 
 if __name__ == "__main__":
-  memory.reexec_with_huge_pages()  # Steps 10-15% faster on CPU (vrt_jax.memory).
-  app.run(main)
+  _train_main.run()

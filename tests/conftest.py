@@ -8,6 +8,8 @@ import tempfile
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), "vrt-jax-test-compile-cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "2")
+# Downloads, converted weights and restore records go to a throwaway cache, never the user's.
+os.environ["VRT_JAX_CACHE"] = tempfile.mkdtemp(prefix="vrt-jax-test-cache-")
 
 import pytest  # noqa: E402
 from absl import flags  # noqa: E402

@@ -81,3 +81,32 @@ def identity_restorer() -> restore.Restorer:
   """`standin_restorer` with zero weights: restores every clip to itself (y = x exactly)."""
   r = standin_restorer()
   return dataclasses.replace(r, variables=jax.tree_util.tree_map(jnp.zeros_like, r.variables))
+
+
+def tiny_workdir_kwargs(nonblind: bool = True):
+  """The demo's model: the tiny VRT on 2-frame clips, a non-blind denoiser by default."""
+  return presets.tiny(in_chans=3, nonblind_denoising=nonblind, img_size=[2, 64, 64],
+                      window_size=[2, 8, 8])
+
+
+def write_tiny_workdir(directory, *, nonblind: bool = True, val_sigma: float = 30.0, step=5):
+  """A training workdir as train.py leaves it: config.json and checkpoints/<step>/ (random
+  params, the state layout train_lib saves); returns the directory."""
+  import json
+
+  import grain
+  import numpy as np
+
+  directory.mkdir(parents=True, exist_ok=True)
+  kwargs = tiny_workdir_kwargs(nonblind)
+  (directory / "config.json").write_text(json.dumps(dict(
+      model=kwargs, preset=None, task="denoise" if nonblind else "deblur", scale=1,
+      data=dict(val_sigma=val_sigma), eval=dict(tile=[0, 0, 0], tile_overlap=[0, 0, 0]))))
+  params = checkpoint.random_params(vrt_jax.VRT(**kwargs))
+  state = {"step": np.int32(step), "params": params,
+           "opt_state": {"mu": jax.tree.map(np.zeros_like, params)}}
+  manager = checkpoint.make_manager(str(directory))
+  checkpoint.save_state(manager, step, state, iter(grain.MapDataset.range(4).to_iter_dataset()))
+  manager.wait_until_finished()
+  manager.close()
+  return directory

@@ -16,46 +16,48 @@ from vrt_jax import inference
 # Oracle: a literal numpy port of main_test_vrt.py's test_video / test_clip (channels-last).
 # ----------------------------------------------------------------------------------------------
 def oracle_test_clip(lq, model_fn, *, tile, overlap, window, sf, nonblind):
-  # The reference uses tile[1] / tile_overlap[1] for both axes; this port takes H from [1] and W
-  # from [2] (identical when they are equal) so rectangular tiles can be checked too.
-  size_h, size_w = tile[1], tile[2]
-  if size_h:
-    ov_h, ov_w = overlap[1], overlap[2]
-    b, d, h, w, c = lq.shape
-    c = c - 1 if nonblind else c
-    h_idx_list = list(range(0, h - size_h, size_h - ov_h)) + [max(0, h - size_h)]
-    w_idx_list = list(range(0, w - size_w, size_w - ov_w)) + [max(0, w - size_w)]
-    E = np.zeros((b, d, h * sf, w * sf, c), np.float32)
-    W = np.zeros_like(E)
-    for h_idx in h_idx_list:
-      for w_idx in w_idx_list:
-        in_patch = lq[:, :, h_idx:h_idx + size_h, w_idx:w_idx + size_w]
-        out_patch = np.array(model_fn(in_patch), np.float32)
-        out_patch_mask = np.ones_like(out_patch)
-        if h_idx < h_idx_list[-1]:
-          out_patch[:, :, -ov_h // 2:, :] *= 0
-          out_patch_mask[:, :, -ov_h // 2:, :] *= 0
-        if w_idx < w_idx_list[-1]:
-          out_patch[:, :, :, -ov_w // 2:] *= 0
-          out_patch_mask[:, :, :, -ov_w // 2:] *= 0
-        if h_idx > h_idx_list[0]:
-          out_patch[:, :, :ov_h // 2, :] *= 0
-          out_patch_mask[:, :, :ov_h // 2, :] *= 0
-        if w_idx > w_idx_list[0]:
-          out_patch[:, :, :, :ov_w // 2] *= 0
-          out_patch_mask[:, :, :, :ov_w // 2] *= 0
-        hs = slice(h_idx * sf, (h_idx + size_h) * sf)
-        ws = slice(w_idx * sf, (w_idx + size_w) * sf)
-        E[:, :, hs, ws] += out_patch
-        W[:, :, hs, ws] += out_patch_mask
-    return E / W
-  _, _, h_old, w_old, _ = lq.shape
-  h_pad = (window[1] - h_old % window[1]) % window[1]
-  w_pad = (window[2] - w_old % window[2]) % window[2]
+  # The reference uses tile[1] / tile_overlap[1] for both axes and decides tiled-or-whole on
+  # tile[1] alone; this port runs its loop per axis (H from [1], W from [2]), identical when the
+  # two are equal, so rectangular tiles and one-axis tiling can be checked too. A whole axis
+  # (tile 0) is mirror-padded to the window as the reference's untiled branch does, then is a
+  # single "tile" (no overlap zeroing), then cropped.
+  b, d, h_old, w_old, c = lq.shape
+  c = c - 1 if nonblind else c
+  h_pad = (window[1] - h_old % window[1]) % window[1] if not tile[1] else 0
+  w_pad = (window[2] - w_old % window[2]) % window[2] if not tile[2] else 0
   lq = np.concatenate([lq, np.flip(lq[:, :, -h_pad:], 2)], 2) if h_pad else lq
   lq = np.concatenate([lq, np.flip(lq[:, :, :, -w_pad:], 3)], 3) if w_pad else lq
-  output = np.array(model_fn(lq), np.float32)
-  return output[:, :, :h_old * sf, :w_old * sf]
+  h, w = lq.shape[2:4]
+  size_h, size_w = tile[1] or h, tile[2] or w
+  ov_h, ov_w = overlap[1], overlap[2]
+  h_idx_list = list(range(0, h - size_h, size_h - ov_h)) + [max(0, h - size_h)]
+  w_idx_list = list(range(0, w - size_w, size_w - ov_w)) + [max(0, w - size_w)]
+  E = np.zeros((b, d, h * sf, w * sf, c), np.float32)
+  W = np.zeros_like(E)
+  for h_idx in h_idx_list:
+    for w_idx in w_idx_list:
+      in_patch = lq[:, :, h_idx:h_idx + size_h, w_idx:w_idx + size_w]
+      out_patch = np.array(model_fn(in_patch), np.float32)
+      if out_patch.shape[1] == 1 < d:  # frame interpolation: torch broadcasts the one frame
+        out_patch = np.repeat(out_patch, d, axis=1)
+      out_patch_mask = np.ones_like(out_patch)
+      if h_idx < h_idx_list[-1]:
+        out_patch[:, :, -ov_h // 2:, :] *= 0
+        out_patch_mask[:, :, -ov_h // 2:, :] *= 0
+      if w_idx < w_idx_list[-1]:
+        out_patch[:, :, :, -ov_w // 2:] *= 0
+        out_patch_mask[:, :, :, -ov_w // 2:] *= 0
+      if h_idx > h_idx_list[0]:
+        out_patch[:, :, :ov_h // 2, :] *= 0
+        out_patch_mask[:, :, :ov_h // 2, :] *= 0
+      if w_idx > w_idx_list[0]:
+        out_patch[:, :, :, :ov_w // 2] *= 0
+        out_patch_mask[:, :, :, :ov_w // 2] *= 0
+      hs = slice(h_idx * sf, h_idx * sf + out_patch.shape[2])
+      ws = slice(w_idx * sf, w_idx * sf + out_patch.shape[3])
+      E[:, :, hs, ws] += out_patch
+      W[:, :, hs, ws] += out_patch_mask
+  return (E / W)[:, :, :h_old * sf, :w_old * sf]
 
 
 def oracle_test_video(lq, model_fn, *, tile, overlap, window, sf, nonblind):
@@ -128,7 +130,7 @@ def test_tiled_restore_matches_reference_procedure(shape, tile, overlap):
   np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
 
 
-def test_tiles_at_least_the_clip_equal_untiled_output():
+def test_tiles_at_least_the_clip_run_it_whole():
   lq = _clip((1, 5, 30, 42, 3), seed=2)
   model = FakeModel()
   fn = lambda v, x: fake_fn(x)
@@ -136,12 +138,14 @@ def test_tiles_at_least_the_clip_equal_untiled_output():
                               apply_fn=fn, progress=False)
   big = inference.restore(model, None, lq, tile=(8, 48, 48), tile_overlap=(2, 8, 8),
                           apply_fn=fn, progress=False)
-  # The reference's padding: T 5 -> 6 (flip last frame), H 30 -> 32, W 42 -> 48, then crop.
-  padded = np.concatenate([lq, lq[:, -1:]], 1)
-  padded = np.concatenate([padded, padded[:, :, -2:][:, :, ::-1]], 2)
-  padded = np.concatenate([padded, padded[:, :, :, -6:][:, :, :, ::-1]], 3)
-  want = fake_fn(padded)[:, :5, :60, :84]
-  np.testing.assert_array_equal(untiled, want)
+  # Tile 0, the reference's padding: T 5 -> 6 (flip last frame), H 30 -> 32, W 42 -> 48, crop.
+  spatial = np.concatenate([lq, lq[:, :, -2:][:, :, ::-1]], 2)
+  spatial = np.concatenate([spatial, spatial[:, :, :, -6:][:, :, :, ::-1]], 3)
+  padded = np.concatenate([spatial, spatial[:, -1:]], 1)
+  np.testing.assert_array_equal(untiled, fake_fn(padded)[:, :5, :60, :84])
+  # A longer temporal tile runs the 5 frames as they are (H, W padded only because the model
+  # needs multiples of 8).
+  want = fake_fn(spatial)[:, :, :60, :84]
   np.testing.assert_array_equal(big, want)
   from_jax = inference.restore(model, None, jnp.asarray(lq), tile=(8, 48, 48),
                                tile_overlap=(2, 8, 8), apply_fn=fn, progress=False)
@@ -264,13 +268,129 @@ def test_tiny_vrt_tiled_matches_reference_procedure():
   whole = inference.restore(model, variables, lq[:, :6, :, :64], tile=(6, 64, 64),
                             tile_overlap=(2, 16, 16), apply_fn=apply_fn, progress=False)
   np.testing.assert_array_equal(whole, np.asarray(apply_fn(variables, lq[:, :6, :, :64])))
-  # A clip smaller than the tile: the reference's mirror padding (T 5 -> 6, H, W 60 -> 64), then
-  # the output is cropped; the padded clip has the tile's shape, so no new compilation.
+  # A clip shorter than the temporal tile runs at its own 5 frames, as the reference's single
+  # tile lq[:, 0:6] does (it was once mirror-padded to 6, which is off by up to ~0.4); H, W
+  # 60 -> 64 are padded only because the model needs multiples of 8, then cropped.
   small = lq[:, :5, :60, :60]
-  padded = np.concatenate([small, small[:, -1:]], 1)
-  padded = np.concatenate([padded, padded[:, :, -4:][:, :, ::-1]], 2)
-  padded = np.concatenate([padded, padded[:, :, :, -4:][:, :, :, ::-1]], 3)
+  spatial = np.concatenate([small, small[:, :, -4:][:, :, ::-1]], 2)
+  spatial = np.concatenate([spatial, spatial[:, :, :, -4:][:, :, :, ::-1]], 3)
   got = inference.restore(model, variables, small, tile=(6, 64, 64), tile_overlap=(2, 16, 16),
                           apply_fn=apply_fn, progress=False)
-  np.testing.assert_array_equal(got, np.asarray(apply_fn(variables, padded))[:, :5, :60, :60])
-  assert len(apply_fn.compiled) == 1  # every tile had the same shape
+  np.testing.assert_array_equal(got, np.asarray(apply_fn(variables, spatial))[:, :, :60, :60])
+  want = oracle_test_video(lq[:, :5, :64, :64], lambda x: apply_fn(variables, x),
+                           tile=(8, 72, 72), overlap=(2, 16, 16), window=(6, 8, 8), sf=1,
+                           nonblind=False)
+  got = inference.restore(model, variables, lq[:, :5, :64, :64], tile=(8, 72, 72),
+                          tile_overlap=(2, 16, 16), apply_fn=apply_fn, progress=False)
+  np.testing.assert_array_equal(got, want)
+  assert len(apply_fn.compiled) == 2  # the 6-frame tiles and the 5-frame clip
+
+
+# ----------------------------------------------------------------------------------------------
+# The whole class: each of T, H, W tiled with a tile of 0 (whole), longer than, equal to or
+# shorter than the clip, in every combination, against the reference's loop.
+# ----------------------------------------------------------------------------------------------
+CLASS_SHAPE = (1, 7, 40, 56, 3)  # T, H, W; the stand-in's window is (2, 8, 8), sf 2.
+CLASS_TILES = {  # relation -> tile per axis
+    "0": (0, 0, 0), ">": (10, 48, 64), "=": (7, 40, 56), "<": (4, 16, 24)}
+
+
+@pytest.mark.parametrize("overlap", [(2, 4, 6), (1, 5, 3), (0, 1, 2)])
+@pytest.mark.parametrize("rel_w", list(CLASS_TILES))
+@pytest.mark.parametrize("rel_h", list(CLASS_TILES))
+@pytest.mark.parametrize("rel_t", list(CLASS_TILES))
+def test_every_tile_relation_matches_the_reference(rel_t, rel_h, rel_w, overlap):
+  tile = (CLASS_TILES[rel_t][0], CLASS_TILES[rel_h][1], CLASS_TILES[rel_w][2])
+  lq = _clip(CLASS_SHAPE, seed=11)
+  calls = []
+
+  def fn(x):
+    calls.append(x.shape)
+    return fake_fn(x)
+
+  got = inference.restore(FakeModel(), None, lq, tile=tile, tile_overlap=overlap,
+                          apply_fn=lambda v, x: fn(x), progress=False)
+  ours = list(calls)
+  calls.clear()
+  want = oracle_test_video(lq, fn, tile=tile, overlap=overlap, window=(2, 8, 8), sf=2,
+                           nonblind=False)
+  assert got.shape == want.shape == (1, 7, 80, 112, 3)
+  np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+  # The model sees exactly the reference's inputs: a temporal tile longer than the clip runs
+  # the clip at its own length (7 frames), only tile 0 pads T to the window (8).
+  assert sorted(ours) == sorted(calls)
+  assert {s[1] for s in ours} == {8 if rel_t == "0" else min(7, tile[0])}
+
+
+@pytest.mark.parametrize("pa_frames,window", [(2, (2, 8, 8)), (4, (4, 8, 8))])
+@pytest.mark.parametrize("num_frames", [1, 2, 3, 5])
+def test_temporal_tile_longer_than_a_short_clip(num_frames, pa_frames, window):
+  # A clip the model can take runs unpadded; one too short for the parallel warping (which the
+  # reference cannot run at all) is padded like tile 0.
+  model = FakeModel(pa_frames=pa_frames, window_size=window)
+  lq = _clip((1, num_frames, 16, 16, 3), seed=num_frames)
+  calls = []
+  if 2 * num_frames < inference.ModelSpec.from_model(model).min_frames:
+    with pytest.raises(ValueError, match="at least 2 input frames"):  # mirroring only doubles
+      inference.restore(model, None, lq, tile=(6, 16, 16), tile_overlap=(2, 4, 4),
+                        apply_fn=lambda v, x: fake_fn(x), progress=False)
+    return
+  got = inference.restore(model, None, lq, tile=(6, 16, 16), tile_overlap=(2, 4, 4),
+                          apply_fn=lambda v, x: calls.append(x.shape) or fake_fn(x),
+                          progress=False)
+  short = num_frames < inference.ModelSpec.from_model(model).min_frames
+  want = oracle_test_video(lq, fake_fn, tile=(0 if short else 6, 16, 16), overlap=(2, 4, 4),
+                           window=window, sf=2, nonblind=False)
+  np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+  assert calls[0][1] == (min(2 * num_frames, window[0]) if short else num_frames)
+
+
+@pytest.mark.parametrize("h,w", [(37, 45), (5, 7), (33, 64)])
+def test_spatial_tile_longer_than_a_size_the_model_cannot_take(h, w):
+  # Frames the model cannot take at their own size (not a multiple of the window / below its
+  # minimum, where PyTorch VRT fails) are padded like tile 0 and cropped back.
+  lq = _clip((1, 4, h, w, 3), seed=h)
+  got = inference.restore(FakeModel(), None, lq, tile=(4, 72, 72), tile_overlap=(1, 4, 4),
+                          apply_fn=lambda v, x: fake_fn(x), progress=False)
+  want = oracle_test_video(lq, fake_fn, tile=(4, 0, 0), overlap=(1, 0, 0), window=(2, 8, 8),
+                           sf=2, nonblind=False)
+  np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+
+
+def test_describe_tiling_reports_the_tiles_run():
+  model = FakeModel()
+  assert inference.describe_tiling(model, (7, 40, 56), (4, 16, 24), (2, 4, 6)) == (
+      "3 temporal x 3 x 3 spatial tiles of 4 x 16 x 24 (overlap 2, 4, 6)")
+  assert inference.describe_tiling(model, (7, 40, 56), (10, 48, 64), (2, 4, 6)) == (
+      "1 temporal x 1 x 1 spatial tile of 7 x 40 x 56")
+  assert inference.describe_tiling(model, (7, 37, 56), (0, 0, 24), (0, 0, 6)) == (
+      "1 temporal x 1 x 3 spatial tiles of 8 x 40 x 24 (overlap 0, 0, 6); "
+      "mirror-padded T 7 -> 8, H 37 -> 40")
+  with pytest.raises(ValueError, match="temporal tile 1 is too short"):
+    inference.describe_tiling(model, (7, 40, 56), (1, 16, 16), (0, 4, 4))
+
+
+def test_progress_shows_compiling_and_keeps_it_out_of_the_rate(capsys):
+  # The first call of a tile shape (compiling, here a 2 s stand-in) is labelled as such, and
+  # the bar's rate counts only the tiles run after it (instant here).
+  import re
+  import time
+
+  seen = set()
+
+  def fn(v, x):
+    if x.shape not in seen:
+      seen.add(x.shape)
+      time.sleep(2)
+    return fake_fn(x)
+
+  inference.restore(FakeModel(), None, _clip((1, 13, 40, 56, 3)), tile=(4, 16, 16),
+                    tile_overlap=(1, 4, 4), apply_fn=fn, progress=True)
+  err = capsys.readouterr().err
+  assert "compiling for 4x16x16" in err
+  final = err.replace("\r", "\n").strip().splitlines()[-1]
+  assert "60/60" in final, final  # 5 temporal x 3 x 4 spatial tiles
+  rate = re.search(r"([\d.]+)(tile/s|s/tile)", final)
+  assert rate and rate.group(2) == "tile/s" and float(rate.group(1)) > 20, final
+  # The bar's clock (which its rate and ETA divide by) did not run while compiling.
+  assert re.search(r"\[00:0[01]<", final), final

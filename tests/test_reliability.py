@@ -538,7 +538,9 @@ def test_unwritable_workdir_fails_at_start(tmp_path):
   proc = run_train(str(tmp_path / "a_file" / "wd"))
   assert proc.returncode != 0
   assert "a_file/wd" in proc.stderr and "Not a directory" in proc.stderr, proc.stderr[-3000:]
-  assert "train:" not in proc.stderr  # No step ran.
+  assert "%|" not in proc.stderr  # No step ran (no progress bar).
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr  # A user error: two lines.
+  assert len(proc.stderr.strip().splitlines()) <= 2, proc.stderr
 
 
 @pytest.mark.slow

@@ -116,8 +116,12 @@ def test_tiling_for_memory_budget():
   with pytest.raises(ValueError, match="too small"):
     restore.choose_tiling(kw, 100, 720, 1280, budget_bytes=10 * 2**20,
                           preset="006_VRT_videodeblurring_GoPro")
-  # A small clip is tested whole (tile 0) when it fits.
+  # A small clip is tested whole when it fits: spatially as tile 0, in time with the tile as
+  # given (the 5 frames run unpadded, as the reference runs a clip shorter than its tile).
   tile, _ = restore.choose_tiling(kw, 5, 64, 64, budget_bytes=10**12, tile=(12, 256, 256),
+                                  tile_overlap=(2, 20, 20))
+  assert tile == (12, 0, 0)
+  tile, _ = restore.choose_tiling(kw, 5, 64, 64, budget_bytes=10**12, tile=(0, 256, 256),
                                   tile_overlap=(2, 20, 20))
   assert tile == (0, 0, 0)
 

@@ -1,14 +1,20 @@
-"""vrt-jax: VRT, the Video Restoration Transformer, in JAX/Flax."""
+"""vrt-jax: VRT, the Video Restoration Transformer, in JAX/Flax.
+
+`vrt_jax.load(name_or_path)` gives a restorer: `restorer(frames)` (vrt_jax.api).
+"""
 
 from vrt_jax import presets
 from vrt_jax.vrt import VRT
 
-__all__ = ["VRT", "presets", "convert"]
+__all__ = ["VRT", "presets", "convert", "load", "VideoRestorer"]
 
 
 def __getattr__(name):
-  # convert pulls in checkpoint I/O; import it on first use.
+  # convert pulls in checkpoint I/O, api the restore tools; import them on first use.
+  import importlib
+
   if name == "convert":
-    import importlib
     return importlib.import_module("vrt_jax.convert")
+  if name in ("load", "VideoRestorer"):
+    return getattr(importlib.import_module("vrt_jax.api"), name)
   raise AttributeError(name)

@@ -5,7 +5,8 @@ storages) with a restricted unpickler that only rebuilds tensors; anything else 
 refused, since a checkpoint from the internet is untrusted input. `from_torch` maps PyTorch names
 and layouts onto the Flax parameter tree of a `VRT`, strictly.
 
-Command line: python -m vrt_jax.convert CHECKPOINT.pth --preset NAME --out DIR
+Command line: vrt-convert CHECKPOINT.pth [--preset NAME] --out DIR (or python -m vrt_jax.convert);
+the preset defaults to the file name when it is a released model's.
 """
 
 from __future__ import annotations
@@ -257,23 +258,37 @@ def param_count(model: VRT) -> int:
   return sum(int(np.prod(v.shape)) for v in jax.tree.leaves(abstract_params(model)))
 
 
-def main(argv: list[str] | None = None) -> None:
-  import argparse
+def _main(argv: list[str] | None = None) -> None:
   import json
+  from pathlib import Path
 
-  from vrt_jax import checkpoint, presets
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  from vrt_jax import checkpoint, cli, presets
+  parser = cli.ArgumentParser(prog="vrt-convert", description=__doc__.split("\n\n")[0])
   parser.add_argument("checkpoint", help="official VRT .pth file")
-  parser.add_argument("--preset", required=True, choices=sorted(presets.PRESETS),
-                      help="the released model the checkpoint belongs to")
+  parser.add_argument("--preset", choices=sorted(presets.PRESETS), metavar="NAME",
+                      help="the released model the checkpoint belongs to (default: the file "
+                           "name, if it is a released model's)")
   parser.add_argument("--out", required=True, help="output directory (Orbax)")
   args = parser.parse_args(argv)
-  kwargs = presets.get_preset(args.preset)
+  cli.quiet_logs()
+  preset = args.preset or Path(args.checkpoint).stem
+  if preset not in presets.PRESETS:
+    parser.error(f"{args.checkpoint} is not named after a released model: give --preset NAME")
+  if not Path(args.checkpoint).is_file():
+    raise cli.UserError(f"checkpoint {args.checkpoint} does not exist")
+  kwargs = presets.get_preset(preset)
   model = VRT(**kwargs)
   variables = from_torch(load_torch_checkpoint(args.checkpoint), model)
-  checkpoint.export_params(args.out, variables["params"], kwargs, args.preset)
-  print(json.dumps({"out": args.out, "preset": args.preset,
+  checkpoint.export_params(args.out, variables["params"], kwargs, preset)
+  print(json.dumps({"out": args.out, "preset": preset,
                     "params": sum(int(v.size) for v in jax.tree.leaves(variables))}))
+
+
+def main(argv: list[str] | None = None) -> None:
+  """`vrt-convert` / `python -m vrt_jax.convert`: user errors are two lines, exit status 2."""
+  from vrt_jax import cli
+
+  cli.run(_main, argv, prog="vrt-convert")
 
 
 if __name__ == "__main__":

@@ -7,8 +7,10 @@ and notebooks can call them on their own models and clips.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,14 +35,38 @@ def build_model(config: Any) -> Any:
 
 def default_layout(task: str, lq_root: str | None) -> str:
   """Test-set layout implied by the task (Vimeo is recognised by its `sequences/` folder)."""
+  return infer_layout(task, lq_root)[0]
+
+
+def infer_layout(task: str, lq_root: str | None) -> tuple[str, str]:
+  """(layout, why): the layout implied by the task and the input folder, and the reason."""
   if task == "vfi":
-    return "vfi"
-  if task == "denoise":
-    return "davis"
+    return "vfi", "frame interpolation task"
+  if task == "denoise" and not lq_root:
+    return "davis", "denoising task with --gt only: noise is added at --sigma"
   if lq_root and ((Path(lq_root) / "sequences").is_dir()
                   or (Path(lq_root).parent / "sep_testlist.txt").is_file()):
-    return "vimeo"
-  return "paired"
+    return "vimeo", f"{lq_root} is a Vimeo-90K folder"
+  if task == "denoise":
+    return "paired", "denoising task with --lq: noisy inputs, noise map at --sigma"
+  return "paired", "one subfolder per clip in --lq (and --gt)"
+
+
+def check_layout(layout: str, model: Any, sigma: float) -> None:
+  """A layout the model can be scored on: raises ValueError saying what to change."""
+  spec = inference.ModelSpec.from_model(model)
+  nonblind = spec.in_channels == model.in_chans + 1
+  if spec.is_interpolation != (layout == "vfi"):
+    raise ValueError(
+        f"layout {layout} does not fit this model ("
+        f"{'frame interpolation' if spec.is_interpolation else 'restoration'}): use --layout "
+        f"{'vfi' if spec.is_interpolation else 'paired, vimeo or davis'}")
+  if layout == "davis" and not nonblind:
+    raise ValueError("the davis layout adds noise for a non-blind denoiser, but this model takes "
+                     "no noise map: use --layout paired with --lq")
+  if nonblind and not sigma:
+    raise ValueError("this is a non-blind denoising model: give the noise level with --sigma "
+                     "(0-255 scale, e.g. --sigma 20)")
 
 
 def default_tiling(preset: str | None, kind: str = "paired"
@@ -106,15 +132,47 @@ def save_comparison(path: str | os.PathLike, lq: np.ndarray, out: np.ndarray,
   Image.fromarray(metrics.to_uint8(np.concatenate(panels, axis=1))).save(path)
 
 
+def input_baseline(clip: testsets.TestClip, scale: int) -> np.ndarray | None:
+  """The input frames that stand beside the scored outputs, at the output size: the LQ frame of
+  each scored index (noise-map channel dropped, clipped to [0, 1]), MATLAB-bicubic upscaled
+  for super-resolution. None for frame interpolation (no input frame is the target's)."""
+  lq = np.asarray(clip.lq)
+  if clip.gt is None or max(clip.out_index) >= lq.shape[0] or lq.shape[0] < len(clip.out_index):
+    return None
+  frames = np.clip(lq[clip.out_index][..., :3], 0, 1).astype(np.float32)
+  if scale > 1:
+    from vrt_jax.data import imresize
+
+    frames = np.clip(imresize.imresize(frames, scale), 0, 1)
+  return frames if frames.shape == clip.gt.shape else None
+
+
+def with_noise_map(clip: testsets.TestClip, in_channels: int, sigma: float) -> testsets.TestClip:
+  """A noisy clip of a paired denoising set with the noise map (sigma / 255) appended, where the
+  model takes one and the clip has none (the davis layout appends it itself)."""
+  lq = np.asarray(clip.lq)
+  if lq.shape[-1] + 1 != in_channels:
+    return clip
+  if not sigma:
+    raise ValueError("this is a non-blind denoising model: give the noise level of the inputs "
+                     "with --sigma (0-255 scale)")
+  noise_map = np.full(lq.shape[:-1] + (1,), sigma / 255.0, np.float32)
+  return dataclasses.replace(clip, lq=np.concatenate([lq, noise_map], axis=-1))
+
+
 def evaluate(model: Any, variables: Any, testset: Iterable[testsets.TestClip], *,
              tile: Sequence[int], tile_overlap: Sequence[int], output_dir: str | None = None,
              save_images: bool = False, apply_fn: inference.ApplyFn | None = None,
-             log=print) -> dict[str, Any]:
+             sigma: float = 0, log=print) -> dict[str, Any]:
   """Restores every clip, scores the frames named by `out_index`, averages per clip then overall.
 
-  Returns {"clips": [{"name", "frames", psnr, ssim, psnr_y, ssim_y}], "average": {...}}; clips
-  without GT have no metrics. With `output_dir`, writes `comparison.png` (the middle scored frame
-  of the first clip) and, with `save_images`, `<output_dir>/<clip>/<frame>.png`.
+  sigma: the noise level (0-255) of a paired denoising set's inputs, for a non-blind denoiser:
+  the noise map is appended to clips that lack it.
+  Returns {"clips": [{"name", "frames", psnr, ssim, psnr_y, ssim_y, input_psnr}], "average":
+  {...}}; input_psnr scores the input itself (`input_baseline`); clips without GT have no
+  metrics. With `output_dir`, writes `comparison.png` (the middle scored frame of the first clip,
+  input | output | ground truth at the output's full size) and, with `save_images`,
+  `<output_dir>/<clip>/<frame>.png`.
   """
   spec = inference.ModelSpec.from_model(model)
   apply_fn = apply_fn or inference.make_apply_fn(model)
@@ -122,10 +180,13 @@ def evaluate(model: Any, variables: Any, testset: Iterable[testsets.TestClip], *
   if output_dir:
     video.probe_writable(output_dir)  # Fail now, not after restoring the whole test set.
   for i, clip in enumerate(testset):
+    clip = with_noise_map(clip, spec.in_channels, sigma)
     lq = np.asarray(clip.lq)
     if lq.ndim != 4:
       raise ValueError(f"clip {clip.name}: LQ must be (T, H, W, C); got shape {lq.shape}")
     _check_pair(clip, 1 if spec.is_interpolation else lq.shape[0], spec.scale)
+    if i == 0:
+      log(f"{clip.name:24s} compiling the model for its tiles, then restoring")
     try:
       out = inference.restore(model, variables, lq[None], tile=tile, tile_overlap=tile_overlap,
                               apply_fn=apply_fn, progress=False)[0]
@@ -135,7 +196,13 @@ def evaluate(model: Any, variables: Any, testset: Iterable[testsets.TestClip], *
     row: dict[str, Any] = {"name": clip.name, "frames": len(clip.out_index)}
     if clip.gt is not None:
       row.update(metrics.clip_metrics(scored, clip.gt))
-      log(f"{clip.name:24s} " + "  ".join(f"{k} {row[k]:.4f}" for k in METRIC_KEYS))
+      baseline = input_baseline(clip, spec.scale)
+      if baseline is not None:
+        row["input_psnr"] = float(np.mean([
+            metrics.psnr(metrics.to_uint8(b), metrics.to_uint8(g))
+            for b, g in zip(baseline, clip.gt, strict=True)]))
+      log(f"{clip.name:24s} " + "  ".join(f"{k} {row[k]:.4f}" for k in METRIC_KEYS)
+          + (f"  (input psnr {row['input_psnr']:.4f})" if "input_psnr" in row else ""))
     else:
       log(f"{clip.name:24s} restored")
     rows.append(row)
@@ -155,19 +222,24 @@ def evaluate(model: Any, variables: Any, testset: Iterable[testsets.TestClip], *
   scored_rows = [r for r in rows if "psnr" in r]
   average = ({k: float(np.mean([r[k] for r in scored_rows])) for k in METRIC_KEYS}
              if scored_rows else {})
+  if scored_rows and all("input_psnr" in r for r in scored_rows):
+    average["input_psnr"] = float(np.mean([r["input_psnr"] for r in scored_rows]))
   return {"clips": rows, "average": average}
 
 
 def format_table(results: dict[str, Any]) -> str:
-  """A fixed-width table: one row per clip, then the average over clips."""
-  header = f"{'clip':24s} {'frames':>6s} {'PSNR':>8s} {'SSIM':>8s} {'PSNR_Y':>8s} {'SSIM_Y':>8s}"
+  """A fixed-width table: one row per clip, then the average over clips; the input's PSNR
+  (`input_psnr`) stands beside the output's where it is known."""
+  header = (f"{'clip':24s} {'frames':>6s} {'PSNR':>8s} {'SSIM':>8s} {'PSNR_Y':>8s} "
+            f"{'SSIM_Y':>8s} {'PSNR_in':>8s}")
   lines = [header, "-" * len(header)]
 
   def fmt(name: str, frames: Any, m: dict[str, float]) -> str:
     if not m:
-      return f"{name:24s} {frames!s:>6s} {'-':>8s} {'-':>8s} {'-':>8s} {'-':>8s}"
+      return f"{name:24s} {frames!s:>6s} " + " ".join(f"{'-':>8s}" for _ in range(5))
+    psnr_in = f"{m['input_psnr']:8.2f}" if "input_psnr" in m else f"{'-':>8s}"
     return (f"{name:24s} {frames!s:>6s} {m['psnr']:8.2f} {m['ssim']:8.4f} {m['psnr_y']:8.2f} "
-            f"{m['ssim_y']:8.4f}")
+            f"{m['ssim_y']:8.4f} {psnr_in}")
 
   for r in results["clips"]:
     lines.append(fmt(r["name"], r["frames"], r if "psnr" in r else {}))
@@ -185,11 +257,12 @@ def write_results(results: dict[str, Any], output_dir: str | os.PathLike,
     json.dump({**(extra or {}), **results}, f, indent=2)
   with open(output_dir / "results.csv", "w", newline="") as f:
     writer = csv.writer(f)
-    writer.writerow(["clip", "frames", *METRIC_KEYS])
+    keys = (*METRIC_KEYS, "input_psnr")
+    writer.writerow(["clip", "frames", *keys])
     for r in results["clips"]:
-      writer.writerow([r["name"], r["frames"], *(r.get(k, "") for k in METRIC_KEYS)])
+      writer.writerow([r["name"], r["frames"], *(r.get(k, "") for k in keys)])
     writer.writerow(["average", sum(r["frames"] for r in results["clips"]),
-                     *(results["average"].get(k, "") for k in METRIC_KEYS)])
+                     *(results["average"].get(k, "") for k in keys)])
 
 
 def evaluate_from_config(config: Any, *, checkpoint: str, lq: str | None, gt: str | None,
@@ -199,24 +272,59 @@ def evaluate_from_config(config: Any, *, checkpoint: str, lq: str | None, gt: st
                          checkpoint_fallback: bool = False, log=print) -> dict[str, Any]:
   """What `eval.py` runs: model from the config, weights, test set, table and result files.
 
+  checkpoint: a released model name (downloaded and converted once), an official .pth, an
+  exported directory or a training workdir.
+  Everything is checked before the model runs (layout, noise level, folders, weights); a run
+  that fails leaves no output folder it created.
   checkpoint_fallback: for a training workdir whose latest checkpoint is unreadable, evaluate the
   latest earlier readable one (with a warning naming the skipped step) instead of failing.
   """
-  from vrt_jax import checkpoint as checkpoint_lib
+  import shutil
 
-  model = build_model(config)
-  video.probe_writable(output_dir)
-  params = checkpoint_lib.load_params(checkpoint, model, fallback=checkpoint_fallback)
-  layout = layout or default_layout(config.task, lq)
-  testset = make_testset(layout, lq=lq, gt=gt, sigma=sigma)
-  default_tile, default_overlap = default_tiling(config.get("preset"), testset.kind)
-  tile = tuple(tile) if tile else default_tile
-  tile_overlap = tuple(tile_overlap) if tile_overlap else default_overlap
-  log(f"{len(testset)} clips, layout {layout}, tile {tile}, overlap {tile_overlap}")
-  results = evaluate(model, {"params": params}, testset, tile=tile, tile_overlap=tile_overlap,
-                     output_dir=output_dir, save_images=save_images, log=log)
-  log(format_table(results))
-  write_results(results, output_dir, extra=dict(
-      checkpoint=str(checkpoint), lq=lq, gt=gt, layout=layout, sigma=sigma, tile=list(tile),
-      tile_overlap=list(tile_overlap), preset=config.get("preset"), task=config.task))
+  from vrt_jax import checkpoint as checkpoint_lib
+  from vrt_jax import weights
+
+  created = _first_missing(Path(output_dir))
+  try:
+    model = build_model(config)
+    if layout:
+      why = "given"
+    else:
+      layout, why = infer_layout(config.task, lq)
+    check_layout(layout, model, sigma)
+    testset = make_testset(layout, lq=lq, gt=gt, sigma=sigma)
+    if not os.path.exists(checkpoint) and checkpoint in weights.MODELS:
+      checkpoint = str(weights.fetch(checkpoint, log=log))
+    params = checkpoint_lib.load_params(checkpoint, model, fallback=checkpoint_fallback)
+    video.probe_writable(output_dir)
+    default_tile, default_overlap = default_tiling(config.get("preset"), testset.kind)
+    tile = tuple(tile) if tile else default_tile
+    tile_overlap = tuple(tile_overlap) if tile_overlap else default_overlap
+    log(f"{len(testset)} clips, layout {layout} ({why}), tile {tile}, overlap {tile_overlap}"
+        + (f", sigma {sigma:g}" if sigma else ""))
+    started = time.perf_counter()
+    results = evaluate(model, {"params": params}, testset, tile=tile, tile_overlap=tile_overlap,
+                       output_dir=output_dir, save_images=save_images, sigma=sigma, log=log)
+    seconds = time.perf_counter() - started
+    log(format_table(results))
+    frames = sum(int(np.asarray(c["frames"])) for c in results["clips"])
+    log(f"{len(results['clips'])} clips, {frames} scored frames in {seconds:.1f} s "
+        f"({frames / seconds:.2f} frames/s, compiling included)")
+    write_results(results, output_dir, extra=dict(
+        checkpoint=str(checkpoint), lq=lq, gt=gt, layout=layout, sigma=sigma, tile=list(tile),
+        tile_overlap=list(tile_overlap), preset=config.get("preset"), task=config.task))
+  except BaseException:
+    if created is not None:
+      shutil.rmtree(created, ignore_errors=True)
+    raise
   return results
+
+
+def _first_missing(path: Path) -> Path | None:
+  """The outermost of `path` and its parents that does not exist yet (None if it exists)."""
+  path = path.absolute()
+  if path.exists():
+    return None
+  while not path.parent.exists():
+    path = path.parent
+  return path

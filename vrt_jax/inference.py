@@ -5,22 +5,28 @@ This is the official test procedure of VRT (`test_video` / `test_clip` in `main_
 * Temporal tiles of `tile[0]` frames start at
   `range(0, T - tile[0], stride) + [max(0, T - tile[0])]` with `stride = tile[0] - tile_overlap[0]`;
   outputs are averaged where tiles overlap.
+* A temporal tile at least as long as the clip is one tile of the clip's own length, unpadded
+  (the reference's `lq[:, 0:tile]`); only a temporal tile of 0 pads T to the window. A clip
+  shorter than the model's minimum (`ModelSpec.min_frames`, which the reference cannot run) is
+  padded as for tile 0.
 * Each temporal tile is cut into spatial tiles the same way (`tile[1]` rows, `tile[2]` columns; the
-  reference uses `tile[1]` for both). On interior tile edges `tile_overlap // 2` output rows/columns
-  are dropped (the reference zeroes them), then the overlapping contributions are averaged.
+  reference uses `tile[1]` for both). On interior tile edges half the overlap is dropped (the
+  reference zeroes ceil(o/2) output rows/columns at a tile's end and floor(o/2) at its start),
+  then the overlapping contributions are averaged.
 * A tile size of 0 means the whole dimension: T is padded to a multiple of `window_size[0]` by
   appending the last frames in reverse order, H and W to multiples of `window_size[1:]` by mirroring
   the last rows/columns, and the output is cropped back.
 
 Because the index lists end at `max(0, d - tile)`, every tile is full-size whenever the clip is at
-least a tile long, so all tiles share one shape and one compiled function. Two deliberate
-differences from the reference, both only where the reference itself is ill-defined for our model:
+least a tile long, so all tiles share one shape and one compiled function. Where the reference
+itself is ill-defined or cannot run, we do this:
 
-* A dimension shorter than its tile is restored untiled (mirror-padded to the window multiple as
-  above, then cropped). The reference feeds such a short tile to the model unpadded and relies on
-  PyTorch VRT padding its attention windows with zeros; the JAX model wants H and W multiples of
-  8 and at least 8 windows (64 pixels), so frames smaller than that are mirror-padded up to it.
-* A spatial overlap below 2 drops nothing. The reference's `out[..., -0:, :] *= 0` zeroes the whole
+* A frame smaller than the spatial tile is one tile of its own size, as in the reference, where
+  the model accepts that size; the JAX model wants H and W multiples of 8 and at least 8 windows
+  (64 pixels), so smaller or odd-sized frames are mirror-padded up to the next size it accepts
+  (as for tile 0) and cropped back. (The reference feeds them unpadded: PyTorch VRT shrinks its
+  windows below 64 pixels and fails on sizes that are not multiples of 8.)
+* A spatial overlap of 0 drops nothing. The reference's `out[..., -0:, :] *= 0` zeroes the whole
   tile for overlap 0, which makes its output NaN.
 
 Frame interpolation models (`pa_frames == 0`) map `img_size[0]` input frames to one frame; they
@@ -30,9 +36,9 @@ tile and the output has a single frame.
 Inputs are checked before any model call (`check_clip`): rank 5, the model's channel count, a
 floating dtype (uint8 is refused with the /255 hint rather than guessed), finite values, a range
 near [0, 1]. Automatic conversions, as the reference does them: frames smaller than the model's
-minimum are mirror-padded and cropped back; a clip shorter than the temporal window is padded with
-its frames in reverse order, so a single frame is restored from itself twice (pa_frames 2; models
-with pa_frames 4 or 6 need 2 input frames and refuse 1).
+minimum are mirror-padded and cropped back; a clip too short for the model (or any clip under
+temporal tile 0) is padded with its frames in reverse order, so a single frame is restored from
+itself twice (pa_frames 2; models with pa_frames 4 or 6 need 2 input frames and refuse 1).
 
 Memory: one tile at a time is on the device; results accumulate on the host in float32 numpy and
 `restore_stream` hands frames out as soon as no later tile touches them, so a streaming caller
@@ -173,6 +179,10 @@ class _Restorer:
         raise ValueError(
             f"tile_overlap[{i}] ({axis}) = {tile_overlap[i]} must be smaller than "
             f"tile[{i}] = {tile[i]}")
+    if not spec.is_interpolation and 0 < tile[0] < spec.min_frames:
+      raise ValueError(
+          f"temporal tile {tile[0]} is too short: this model (pa_frames = {spec.pa_frames}) "
+          f"needs at least {spec.min_frames} frames per tile (or 0 for the whole clip)")
     for i in (1, 2):
       if tile[i] % spec.window_size[i] or 0 < tile[i] < spec.min_hw[i - 1]:
         raise ValueError(
@@ -183,12 +193,38 @@ class _Restorer:
     self.variables = variables
     self.tile = tuple(int(t) for t in tile)
     self.overlap = tuple(int(o) for o in tile_overlap)
+    self._seen: set[tuple[int, ...]] = set()
+
+  def _apply(self, patch: np.ndarray, pbar: tqdm | None) -> np.ndarray:
+    """One model call; the first call of a shape compiles, shown as such and kept out of the
+    progress bar's rate and ETA."""
+    first = patch.shape not in self._seen
+    self._seen.add(patch.shape)
+    pbar = None if pbar is None or pbar.disable else pbar
+    if first and pbar is not None:
+      desc = pbar.desc
+      pbar.set_description_str(f"compiling for {'x'.join(map(str, patch.shape[1:4]))}")
+    out = np.array(self.apply_fn(self.variables, patch), dtype=np.float32)
+    if first and pbar is not None:
+      pbar.set_description_str(desc, refresh=False)
+      pbar.unpause()  # Restart the timer: the rate and ETA count running, not compiling.
+    return out
 
   def temporal_plan(self, num_frames: int) -> tuple[list[int], int, bool]:
-    """Temporal tile starts, tile length and whether to pad T (untiled time)."""
+    """Temporal tile starts, tile length and whether to pad T.
+
+    Only a temporal tile of 0 (and frame interpolation, which takes the whole input) pads T to
+    the window, as the reference does. A tile at least as long as the clip runs the clip at its
+    own length, unpadded (the reference's single tile `lq[:, 0:tile]`); the model pads its
+    attention windows itself. The one exception: a clip too short for the model's parallel
+    warping (fewer than `min_frames`), which the reference cannot run at all, is padded as for
+    tile 0.
+    """
     t_tile = self.tile[0]
-    if self.spec.is_interpolation or not t_tile or num_frames < t_tile:
+    if self.spec.is_interpolation or not t_tile:
       return [0], num_frames, True
+    if num_frames <= t_tile:
+      return [0], num_frames, num_frames < self.spec.min_frames
     return tile_starts(num_frames, t_tile, self.overlap[0]), t_tile, False
 
   def spatial_plan(self, h: int, w: int) -> list[tuple[list[int], int, int]]:
@@ -228,7 +264,7 @@ class _Restorer:
     for hi in h_starts:
       for wi in w_starts:
         patch = clip[:, :, hi:hi + th, wi:wi + tw]
-        out = np.array(self.apply_fn(self.variables, patch), dtype=np.float32)[:, :t_out]
+        out = self._apply(patch, pbar)[:, :t_out]
         expected = (b, t_out, th * s, tw * s, c_out)
         if out.shape != expected:
           raise ValueError(f"model output shape {out.shape}, expected {expected}")
@@ -236,7 +272,7 @@ class _Restorer:
         # Drop half the overlap on interior edges (rows/cols at output resolution, as the
         # reference does: ceil(o/2) at the end of a tile, floor(o/2) at the start).
         for axis, starts, start, o in ((2, h_starts, hi, oh), (3, w_starts, wi, ow)):
-          if o // 2 == 0:
+          if o == 0:  # The reference would zero the whole tile here (its output is NaN).
             continue
           if start < starts[-1]:
             _zero(out, mask, axis, slice(-o // 2, None))
@@ -250,6 +286,34 @@ class _Restorer:
           pbar.update(1)
     acc /= weight
     return acc[:, :, :h * s, :w * s]
+
+
+def describe_tiling(model: Any, shape: Sequence[int], tile: Sequence[int],
+                    tile_overlap: Sequence[int]) -> str:
+  """One line saying how a (T, H, W) clip is actually tiled: tile counts and the model's input.
+
+  E.g. `2 temporal x 2 x 3 spatial tiles of 12 x 128 x 128 (overlap 2, 20, 20)`; a dimension run
+  whole says so, with the padded size the model sees.
+  """
+  spec = ModelSpec.from_model(model)
+  restorer = _Restorer(spec, lambda v, x: x, None, tile, tile_overlap)
+  t, h, w = (int(v) for v in shape)
+  t_starts, t_len, pad_time = restorer.temporal_plan(t)
+  if pad_time and not spec.is_interpolation:
+    t_len = mirror_pad(np.zeros((t_len, 1)), 0, spec.window_size[0], extend=False).shape[0]
+  (h_starts, th, oh), (w_starts, tw, ow) = restorer.spatial_plan(h, w)
+  counts = f"{len(t_starts)} temporal x {len(h_starts)} x {len(w_starts)} spatial tile"
+  counts += "" if len(t_starts) * len(h_starts) * len(w_starts) == 1 else "s"
+  line = f"{counts} of {t_len} x {th} x {tw}"
+  overlap = (restorer.overlap[0] if len(t_starts) > 1 else 0, oh if len(h_starts) > 1 else 0,
+             ow if len(w_starts) > 1 else 0)
+  if any(overlap):
+    line += f" (overlap {overlap[0]}, {overlap[1]}, {overlap[2]})"
+  padded = [f"{a} {n} -> {m}" for a, n, m in (("T", t, t_len), ("H", h, th), ("W", w, tw))
+            if m > n and (a != "T" or len(t_starts) == 1)]
+  if padded:
+    line += f"; mirror-padded {', '.join(padded)}"
+  return line
 
 
 def _zero(out: np.ndarray, mask: np.ndarray, axis: int, sl: slice) -> None:

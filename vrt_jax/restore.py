@@ -1,7 +1,11 @@
 """Restores a user's video (frame folder or video file) of any length and size.
 
-  python -m vrt_jax.restore INPUT OUTPUT --preset 006_VRT_videodeblurring_GoPro \
-      --weights model_zoo/006_VRT_videodeblurring_GoPro.pth [--memory_budget_mb 8000]
+  vrt-restore --weights 006_VRT_videodeblurring_GoPro --input INPUT --output OUTPUT
+      [--memory_budget_mb 8000]     (also: python -m vrt_jax.restore INPUT OUTPUT --weights ...)
+
+--weights takes a released model name (downloaded, verified and converted once, see
+vrt_jax.weights), an official .pth, a converted folder or a training workdir (its config names
+the model and, for a denoiser, the default --sigma).
 
 INPUT and OUTPUT are frame folders or video files (.mp4, ...); a video output keeps the input's
 frame rate, colour description (BT.709 / BT.601 tags) and audio, and a >8-bit input gives 10-bit
@@ -9,9 +13,10 @@ video or 16-bit PNGs (--codec, --crf, --pix_fmt, --bit_depth, --no_audio; see vr
 The clip is read, restored and written one temporal tile at a time, so memory does not grow with
 the number of frames. Writing to a frame folder resumes: temporal tiles whose
 output frames all exist are skipped (frames are written atomically, so an interrupted run leaves
-only complete frames; `.vrt_restore.json` in the folder records the input, model, weights and
-sigma, and a rerun that differs in any of them is refused instead of mixing outputs). A video
-output is encoded to a hidden temporary file and only renamed to OUTPUT when complete.
+only complete frames; a record in the cache, not in the folder, keeps the input, model, weights
+and sigma, and a rerun that differs in any of them is refused instead of mixing outputs). The
+output folder gets nothing but frames, and a run that fails before its first frame leaves none.
+A video output is encoded to a hidden temporary file and only renamed to OUTPUT when complete.
 
 Tiling: `--tile` / `--tile_overlap` if given; otherwise the preset's official test tiling
 (`presets.TEST_SETTINGS`), shrunk until `estimate_tile_bytes` fits `--memory_budget_mb` (see there).
@@ -26,7 +31,9 @@ import importlib.util
 import json
 import math
 import os
+import shutil
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +42,7 @@ import jax
 import numpy as np
 
 from vrt_jax import inference, memory, presets, runtime, video
+from vrt_jax.cli import UserError
 
 # Bytes of device memory per input voxel (one pixel of one frame) of a tile, from XLA's memory
 # analysis of the jitted tiny VRT on CPU: 4.6-4.9 KB per voxel for tiles 6x64x64 (121 MB),
@@ -119,8 +127,11 @@ def choose_tiling(model_kwargs: dict[str, Any], num_frames: int, height: int, wi
     need = estimate_tile_bytes(model_kwargs, (t, h, w)) / 2**20
     raise ValueError(f"memory budget {budget_bytes / 2**20:.0f} MB is too small: the smallest "
                      f"tile ({t}, {h}, {w}) needs about {need:.0f} MB")
-  # Tiles that cover a whole dimension are passed as 0 (untiled, mirror-padded).
-  new_tile = (0 if t >= num_frames else t, 0 if h >= height else h, 0 if w >= width else w)
+  # Spatial tiles that cover the frame are passed as 0 (the same single padded tile). A temporal
+  # tile that covers the clip stays as given: the clip then runs at its own length, where 0 would
+  # pad it to the window (the reference differs between the two).
+  new_tile = (int(tile[0]) if t >= num_frames else t, 0 if h >= height else h,
+              0 if w >= width else w)
   return new_tile, _fit_overlap(overlap, new_tile) if not user_overlap else tuple(
       o if n else 0 for o, n in zip(overlap, new_tile, strict=True))
 
@@ -146,78 +157,204 @@ def load_config(path: str) -> Any:
 
 @dataclasses.dataclass
 class Restorer:
-  """A model with its weights and settings, ready for `restore_video`."""
+  """A model with its weights and settings, ready for `restore_video`.
+
+  defaults: settings the weights' source supplies when the caller gives none (a training
+  workdir's denoiser: `sigma`, its validation noise level).
+  """
 
   model: Any
   variables: Any
   model_kwargs: dict[str, Any]
   preset: str | None
+  defaults: dict[str, Any] = dataclasses.field(default_factory=dict)
+  source: str = ""
+
+
+WORKDIR_CONFIG = "config.json"  # What train.py writes into its workdir.
+
+
+def describe_weights_source(weights: str) -> str:
+  """What `--weights` names: 'name', 'pth', 'export', 'workdir' (ValueError if none)."""
+  from vrt_jax import checkpoint
+  from vrt_jax import weights as weights_lib
+
+  path = Path(weights).expanduser()
+  if not path.exists():
+    if weights in weights_lib.MODELS:
+      return "name"
+    raise UserError(
+        f"--weights {weights}: no such file or folder, and not a released model name.\n"
+        "Give a .pth (with --preset NAME unless it is named after its model), a converted "
+        f"folder, a training workdir, or one of: {', '.join(sorted(weights_lib.MODELS))}")
+  if path.is_file():
+    return "pth"
+  if (path / checkpoint.MODEL_CONFIG).is_file():
+    return "export"
+  if (path / WORKDIR_CONFIG).is_file() or (path / checkpoint.CHECKPOINT_DIR).is_dir():
+    return "workdir"
+  return "folder"
 
 
 def load_restorer(*, preset: str | None, weights: str, config: str | None = None,
-                  checkpoint_fallback: bool = False) -> Restorer:
-  """Model kwargs from --config (its `model`), else --preset, else the record an exported
-  weights directory keeps (`model_config.json`); weights via checkpoint.load_params.
+                  checkpoint_fallback: bool = False, progress: bool = True,
+                  log: Any = print) -> Restorer:
+  """The model and weights named by `weights`, with what its source says about them.
 
+  weights: a released model name (downloaded, verified and converted once: vrt_jax.weights);
+  an official `.pth` (its model from `preset`, `config` or a file name that is a released model
+  name); a directory written by `python -m vrt_jax.convert` (its `model_config.json` names the
+  model); or a training workdir (its `config.json` gives the model, the preset and, for a
+  denoiser, the default noise level).
+  config / preset: override the model the source names.
   checkpoint_fallback: for a training workdir whose latest checkpoint is unreadable, load the
   latest earlier one that is readable (with a warning) instead of failing.
   """
   import vrt_jax
   from vrt_jax import checkpoint
+  from vrt_jax import weights as weights_lib
 
+  kind = describe_weights_source(weights)
+  defaults: dict[str, Any] = {}
+  if kind == "name":
+    preset = preset or (weights if weights in presets.PRESETS else None)
+    kwargs_from_name = weights_lib.MODELS[weights].model_kwargs
+    weights = str(weights_lib.fetch(weights, progress=progress, log=log))
+    kind = "export"
+  else:
+    kwargs_from_name = None
+  weights = str(Path(weights).expanduser())
   if config:
     cfg = load_config(config)
     kwargs = cfg.model.to_dict()
     preset = preset or cfg.get("preset")
   elif preset:
     kwargs = presets.get_preset(preset)
-  elif os.path.isfile(os.path.join(weights, checkpoint.MODEL_CONFIG)):
+  elif kind == "export":
     record = checkpoint.read_model_config(weights)
     kwargs, preset = record["model"], record["preset"]
+  elif kind == "workdir" and os.path.isfile(os.path.join(weights, WORKDIR_CONFIG)):
+    with open(os.path.join(weights, WORKDIR_CONFIG)) as f:
+      cfg = json.load(f)
+    kwargs, preset = cfg["model"], cfg.get("preset")
+    if kwargs.get("nonblind_denoising"):
+      defaults["sigma"] = float(cfg.get("data", {}).get("val_sigma", 0)) or None
+  elif kind == "pth" and Path(weights).stem in presets.PRESETS:
+    preset = Path(weights).stem
+    kwargs = presets.get_preset(preset)
+  elif kwargs_from_name is not None:
+    kwargs = kwargs_from_name
   else:
-    raise ValueError(f"{weights} does not say which model it holds: give --preset NAME (one of "
-                     "the released models) or --config FILE")
+    raise UserError(
+        f"{weights} does not say which model it holds: give --preset NAME (one of the released "
+        "models) or --config FILE")
   model = vrt_jax.VRT(**kwargs)
   if model.pa_frames == 0:
-    raise ValueError("frame interpolation models (pa_frames 0) map 4 frames to 1 in-between "
-                     "frame; restoring a whole video with them is not supported here")
+    raise UserError(
+        "frame interpolation models (pa_frames 0) map 4 frames to 1 in-between frame; restoring "
+        "a whole video with them is not supported here")
   params = checkpoint.load_params(weights, model, fallback=checkpoint_fallback)
-  return Restorer(model, {"params": params}, kwargs, preset)
+  return Restorer(model, {"params": params}, kwargs, preset, defaults, weights)
+
+
+def noise_level(restorer: Restorer, sigma: float | None) -> float:
+  """The noise level (0-255 scale) a non-blind denoiser runs with; 0 for other models.
+
+  `sigma` if given, else the source's default (a training workdir's validation noise level);
+  raises ValueError for a denoiser with neither.
+  """
+  spec = inference.ModelSpec.from_model(restorer.model)
+  if spec.in_channels != restorer.model.in_chans + 1:
+    return 0.0
+  sigma = sigma if sigma else restorer.defaults.get("sigma")
+  if not sigma:
+    raise UserError("this is a non-blind denoising model: give the input's noise level "
+                        "(0-255 scale) with --sigma, e.g. --sigma 25")
+  return float(sigma)
+
+
+def check_input(reader: Any) -> None:
+  """Before anything compiles: every frame of a frame folder has the first frame's size.
+
+  Reads only the image headers.
+  """
+  from PIL import Image
+
+  paths = getattr(reader, "paths", None)
+  if not paths:
+    return
+  want = (reader.width, reader.height)
+  for p in paths[1:]:
+    try:
+      with Image.open(p) as img:
+        size = img.size
+    except OSError as e:
+      raise UserError(f"cannot read image {p}: {e}") from e
+    if size != want:
+      raise UserError(
+          f"frame {p} has size {(size[1], size[0])}, but {paths[0]} has {(want[1], want[0])}; "
+          "all frames of a clip must have the same size (resize them or split the folder)")
 
 
 def restore_video(restorer: Restorer, input_path: str, output_path: str, *,
                   tile: Sequence[int] | None = None, tile_overlap: Sequence[int] | None = None,
-                  memory_budget_mb: float | None = None, sigma: float = 0,
+                  memory_budget_mb: float | None = None, sigma: float | None = None,
                   fps: float | None = None, progress: bool = True,
-                  output: video.OutputOptions | None = None) -> dict[str, Any]:
+                  output: video.OutputOptions | None = None, log: Any = None) -> dict[str, Any]:
   """Restores INPUT (frame folder / video) to OUTPUT (frame folder / video), streaming.
 
-  sigma: noise level (/255) of the input, required by non-blind denoising models.
+  Everything that can be checked is checked before the model runs: the input (readable, frames
+  of one size), the noise level, the tiling and the output (writable, not holding frames of
+  another restore; codec, pixel format and container). OUTPUT gets nothing but frames; a run
+  that fails before writing a frame leaves no OUTPUT (nor any folder it created for it). A frame
+  folder that got frames before a failure keeps them, and the same command resumes there.
+
+  sigma: noise level (0-255 scale) of the input, for non-blind denoising models (default: the
+  weights' source's, e.g. a training workdir's validation noise level).
   output: codec, CRF, pixel format, PNG bit depth, audio (`video.open_writer` picks the rest
   from the input: colour description, bit depth, audio streams).
-  Returns a summary: frames, skipped (already present), tile, tile_overlap, fps, output (what
-  was written: codec, pixel format, colours, audio, or the PNG bit depth).
+  log: called with one line saying how the clip is tiled, before the model runs.
+  Returns a summary: frames, written, skipped (already present), tile, tile_overlap, tiling (that
+  line), sigma, fps, output (what was written: codec, pixel format, colours, audio, or the PNG
+  bit depth), seconds (restoring, incl. compiling) and frames_per_second.
   """
   spec = inference.ModelSpec.from_model(restorer.model)
-  nonblind = spec.in_channels == restorer.model.in_chans + 1
-  if nonblind and not sigma:
-    raise ValueError("this is a non-blind denoising model: give the noise level with --sigma")
+  sigma = noise_level(restorer, sigma)
+  nonblind = bool(sigma)
+  if Path(input_path).resolve() == Path(output_path).resolve():
+    raise UserError(f"the output {output_path} is the input; choose another output path")
   reader = video.open_video(input_path)
+  created = None
+  writer = None
+  written = 0
   try:
+    check_input(reader)
     budget = None if memory_budget_mb is None else int(memory_budget_mb * 2**20)
     tile, tile_overlap = choose_tiling(
         restorer.model_kwargs, reader.num_frames, reader.height, reader.width,
         budget_bytes=budget, tile=tile, tile_overlap=tile_overlap, preset=restorer.preset)
+    tiling = inference.describe_tiling(restorer.model, (reader.num_frames, reader.height,
+                                                        reader.width), tile, tile_overlap)
     out_fps = fps or reader.fps
     s = spec.scale
-    # --- video output options (vrt_jax.video.open_writer validates them before any compile) ---
-    writer = video.open_writer(output_path, reader, fps=out_fps, scale=s, options=output)
-    if isinstance(writer, video.FrameFolderWriter):
+    is_video = video.is_video_path(output_path)
+    record = None
+    if not is_video:
+      if Path(output_path).exists() and not Path(output_path).is_dir():
+        raise UserError(f"output {output_path} is a file; give a folder or a video file name "
+                        f"({', '.join(video.VIDEO_EXTENSIONS)})")
       record = run_record(restorer, reader, input_path, sigma)
+      check_resume_record(output_path, record, write=False)
+    created = _first_missing(Path(output_path) if not is_video else Path(output_path).parent)
+    if log:
+      log(f"{reader.num_frames} frames of {reader.width}x{reader.height} -> "
+          f"{reader.width * s}x{reader.height * s}: {tiling}")
+    # vrt_jax.video.open_writer validates the output options before any compile.
+    writer = video.open_writer(output_path, reader, fps=out_fps, scale=s, options=output)
+    if not is_video:
       if writer.bit_depth != 8:  # Resuming must not mix 8- and 16-bit frames.
         record["bit_depth"] = writer.bit_depth
       check_resume_record(output_path, record)
-    # --- end video output options ---
     skipped = sum(writer.exists(t) for t in range(reader.num_frames))
 
     def read(start: int, stop: int) -> np.ndarray:
@@ -227,30 +364,71 @@ def restore_video(restorer: Restorer, input_path: str, output_path: str, *,
             [frames, np.full(frames.shape[:-1] + (1,), sigma / 255.0, np.float32)], axis=-1)
       return frames[None]
 
-    written = 0
-    try:
-      for t, frame in inference.restore_stream(
-          restorer.model, restorer.variables, read, reader.num_frames, tile=tile,
-          tile_overlap=tile_overlap, frame_done=writer.exists, progress=progress):
-        writer.write(t, frame[0])
-        written += 1
-    except BaseException:
-      writer.abort()  # A video is dropped; written frames of a folder stay for resuming.
-      raise
+    started = time.perf_counter()
+    for t, frame in inference.restore_stream(
+        restorer.model, restorer.variables, read, reader.num_frames, tile=tile,
+        tile_overlap=tile_overlap, frame_done=writer.exists, progress=progress):
+      writer.write(t, frame[0])
+      written += 1
     writer.close()
+    seconds = time.perf_counter() - started
     if isinstance(writer, video.FrameFolderWriter):
       # Every frame must be on disk now (written by this run or a previous one).
       missing = [t for t in range(reader.num_frames) if not writer.exists(t)]
       if missing:
         raise RuntimeError(f"{len(missing)} output frames are missing after the restore "
                            f"(first {missing[0]}) in {output_path}")
+  except BaseException:
+    if writer is not None:
+      writer.abort()  # A video is dropped; written frames of a folder stay for resuming.
+    if created is not None and not _holds_frames(Path(output_path)):
+      shutil.rmtree(created, ignore_errors=True)
+      if not is_video:
+        forget_resume_record(output_path)
+    raise
   finally:
     reader.close()
   return dict(frames=reader.num_frames, written=written, skipped=skipped, tile=list(tile),
-              tile_overlap=list(tile_overlap), fps=float(out_fps), output=writer.description)
+              tile_overlap=list(tile_overlap), tiling=tiling, sigma=sigma, fps=float(out_fps),
+              output=writer.description, seconds=seconds,
+              frames_per_second=written / seconds if seconds > 0 else 0.0)
 
 
-RESUME_RECORD = ".vrt_restore.json"
+def _first_missing(path: Path) -> Path | None:
+  """The outermost of `path` and its parents that does not exist yet (None if it exists)."""
+  path = path.absolute()
+  if path.exists():
+    return None
+  while not path.parent.exists():
+    path = path.parent
+  return path
+
+
+def _holds_frames(path: Path) -> bool:
+  if path.is_file():
+    return True
+  return path.is_dir() and any(
+      p.suffix.lower() in video.IMAGE_EXTENSIONS and not p.name.startswith(".")
+      for p in path.iterdir())
+
+
+RECORDS_DIR = "restore-runs"
+
+
+def resume_record_path(folder: str | os.PathLike) -> Path:
+  """Where the record of the restore writing `folder` is kept: in the cache, not the folder.
+
+  `<cache>/restore-runs/<SHA-256 of the folder's absolute path>.json` (cache: see
+  vrt_jax.weights.cache_dir), so the output folder holds nothing but frames.
+  """
+  from vrt_jax import weights
+
+  key = hashlib.sha256(str(Path(folder).absolute()).encode()).hexdigest()[:32]
+  return weights.cache_dir() / RECORDS_DIR / f"{key}.json"
+
+
+def forget_resume_record(folder: str | os.PathLike) -> None:
+  resume_record_path(folder).unlink(missing_ok=True)
 
 
 def params_fingerprint(variables: Any) -> str:
@@ -277,16 +455,15 @@ def run_record(restorer: Restorer, reader: Any, input_path: str, sigma: float) -
       sigma=float(sigma)), default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
 
 
-def check_resume_record(folder: str, record: dict[str, Any]) -> None:
-  """Writes `record` to `<folder>/.vrt_restore.json`, or refuses to resume a different run.
+def check_resume_record(folder: str, record: dict[str, Any], *, write: bool = True) -> None:
+  """Records `record` for `folder` (resume_record_path), or refuses to resume a different run.
 
   Raises ValueError if the folder already holds frames and they were written for another input,
   model, weights or sigma, or by something else (no record): those frames would otherwise be
-  kept as if they were this run's output.
+  kept as if they were this run's output. With `write=False` only checks.
   """
-  path = Path(folder) / RESUME_RECORD
-  has_frames = any(p.suffix.lower() in video.IMAGE_EXTENSIONS and not p.name.startswith(".")
-                   for p in Path(folder).iterdir())
+  path = resume_record_path(folder)
+  has_frames = Path(folder).is_dir() and _holds_frames(Path(folder))
   if path.is_file():
     try:
       old = json.loads(path.read_text())
@@ -297,42 +474,58 @@ def check_resume_record(folder: str, record: dict[str, Any]) -> None:
     if has_frames:
       diff = (sorted(k for k in set(record) | set(old) if record.get(k) != old.get(k))
               if isinstance(old, dict) else ["unreadable record"])
-      raise ValueError(
+      raise UserError(
           f"output folder {folder} holds frames of a different restore ({', '.join(diff)} "
-          f"differ, see {path}); resuming would mix them with this run's. Use another output "
-          "folder or delete it")
+          "differ); resuming would mix them with this run's. Use another output folder or "
+          "delete it")
   elif has_frames:
-    raise ValueError(
-        f"output folder {folder} already holds image files not written by vrt_jax.restore (no "
-        f"{RESUME_RECORD}); they would be taken as restored frames. Use an empty or new folder")
-  tmp = path.with_suffix(".tmp")
-  tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
-  os.replace(tmp, path)
+    raise UserError(
+        f"output folder {folder} already holds image files not written by vrt_jax.restore; they "
+        "would be taken as restored frames. Use an empty or new folder")
+  if write:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
+    os.replace(tmp, path)
 
 
 def _triple(text: str) -> tuple[int, int, int]:
-  values = [int(v) for v in text.split(",")]
-  if len(values) != 3:
-    raise argparse.ArgumentTypeError(f"expected three integers T,H,W; got {text}")
+  try:
+    values = [int(v) for v in text.split(",")]
+  except ValueError:
+    values = []
+  if len(values) != 3 or min(values) < 0:
+    raise argparse.ArgumentTypeError(f"expected three non-negative integers T,H,W; got {text}")
   return tuple(values)
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-  parser = argparse.ArgumentParser(
-      prog="python -m vrt_jax.restore", description=__doc__.split("\n\n")[0])
-  parser.add_argument("input", help="frame folder or video file")
-  parser.add_argument("output", help="frame folder or video file (.mp4, ...)")
-  parser.add_argument("--preset", choices=sorted(presets.PRESETS), help="released model name")
+def build_parser(prog: str = "vrt-restore") -> argparse.ArgumentParser:
+  from vrt_jax import cli
+
+  parser = cli.ArgumentParser(
+      prog=prog, description=__doc__.split("\n\n")[0],
+      epilog="Example: vrt-restore --weights 006_VRT_videodeblurring_GoPro --input clip.mp4 "
+             "--output restored.mp4")
+  parser.add_argument("input_pos", nargs="?", metavar="INPUT", help=argparse.SUPPRESS)
+  parser.add_argument("output_pos", nargs="?", metavar="OUTPUT", help=argparse.SUPPRESS)
+  parser.add_argument("--input", help="frame folder or video file")
+  parser.add_argument("--output", help="frame folder or video file (.mp4, ...) to write")
   parser.add_argument("--weights", required=True,
-                      help="official .pth, exported params directory (its model_config.json "
-                           "names the model: no --preset needed) or training workdir")
-  parser.add_argument("--config", help="config file whose `model` replaces the preset's")
+                      help="a released model name (e.g. 006_VRT_videodeblurring_GoPro: "
+                           "downloaded once), an official .pth, a converted folder or a "
+                           "training workdir")
+  parser.add_argument("--preset", choices=sorted(presets.PRESETS), metavar="NAME",
+                      help="the released model a .pth holds (if its file name does not say)")
+  parser.add_argument("--config", help="config file whose `model` replaces the source's")
   parser.add_argument("--memory_budget_mb", type=float,
                       help="device memory for one tile; shrinks the tiles to fit")
   parser.add_argument("--tile", type=_triple, help="T,H,W (0 = whole dimension)")
   parser.add_argument("--tile_overlap", type=_triple, help="t,h,w")
-  parser.add_argument("--sigma", type=float, default=0, help="noise level /255 (denoising)")
+  parser.add_argument("--sigma", type=float,
+                      help="noise level 0-255 (denoising; a workdir's config gives a default)")
   parser.add_argument("--fps", type=float, help="output frame rate (default: the input's)")
+  parser.add_argument("--summary", help="also write the run's settings and timing to this JSON "
+                                        "file (never into the output folder)")
   parser.add_argument("--checkpoint_fallback", action="store_true",
                       help="if --weights is a training workdir whose latest checkpoint is "
                            "unreadable, use the latest earlier one that loads")
@@ -347,23 +540,79 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   parser.add_argument("--no_audio", action="store_true",
                       help="do not copy the input video's audio into the output video")
   # --- end video output options ---
+  parser.add_argument("--quiet", action="store_true", help="no progress bar")
+  return parser
+
+
+def _parse_and_check(argv: Sequence[str] | None) -> argparse.Namespace:
+  """The arguments, and the cheap checks: nothing is loaded or compiled for a run that cannot
+  succeed (flags, input exists and is readable, frames of one size)."""
+  parser = build_parser()
   args = parser.parse_args(argv)
-  output = video.OutputOptions(codec=args.codec, crf=args.crf, pix_fmt=args.pix_fmt,
-                               bit_depth=args.bit_depth, audio=not args.no_audio)
-  video.check_output(args.output, output, input_path=args.input)  # Before loading the model.
+  args.output_options = video.OutputOptions(codec=args.codec, crf=args.crf, pix_fmt=args.pix_fmt,
+                                            bit_depth=args.bit_depth, audio=not args.no_audio)
+  for name in ("input", "output"):
+    flag, pos = getattr(args, name), getattr(args, f"{name}_pos")
+    if flag and pos:
+      parser.error(f"the {name} is given twice ({pos} and --{name} {flag})")
+    setattr(args, name, flag or pos)
+    if not getattr(args, name):
+      parser.error(f"no {name}: give --{name} PATH")
+  if not Path(args.input).exists():
+    raise UserError(f"input {args.input} does not exist; give a frame folder or a video file")
+  reader = video.open_video(args.input)
+  try:
+    check_input(reader)
+  finally:
+    reader.close()
+  video.check_output(args.output, args.output_options, input_path=args.input)
+  return args
+
+
+def _main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+  from vrt_jax import cli
+
+  args = _parse_and_check(argv)
+  cli.quiet_logs()
   runtime.enable_compilation_cache()  # Each tile shape compiles once, across runs too.
   restorer = load_restorer(preset=args.preset, weights=args.weights, config=args.config,
-                           checkpoint_fallback=args.checkpoint_fallback)
-  print(f"restoring {args.input} -> {args.output} on {jax.devices()[0].platform}")
+                           checkpoint_fallback=args.checkpoint_fallback, progress=not args.quiet,
+                           log=lambda line: print(line, file=sys.stderr))
+  if args.sigma is None and restorer.defaults.get("sigma"):
+    print(f"--sigma not given: using {restorer.defaults['sigma']:g}, the noise level "
+          f"{args.weights} was validated at", flush=True)
   summary = restore_video(restorer, args.input, args.output, tile=args.tile,
                           tile_overlap=args.tile_overlap, memory_budget_mb=args.memory_budget_mb,
-                          sigma=args.sigma, fps=args.fps, output=output)
-  print(f"{summary['written']} frames written ({summary['skipped']} already present), tile "
-        f"{tuple(summary['tile'])}, overlap {tuple(summary['tile_overlap'])}; "
-        f"{summary['output']}")
+                          sigma=args.sigma, fps=args.fps, progress=not args.quiet,
+                          output=args.output_options,
+                          log=lambda line: print(f"tiling: {line}", flush=True))
+  print(f"{summary['written']} frames written ({summary['skipped']} already present) to "
+        f"{args.output} in {summary['seconds']:.1f} s ({summary['frames_per_second']:.2f} "
+        f"frames/s incl. compiling); tile setting {tuple(summary['tile'])}, overlap "
+        f"{tuple(summary['tile_overlap'])}; {summary['output']}")
+  if args.summary:
+    with open(args.summary, "w") as f:
+      json.dump(dict(summary, input=args.input, output=args.output, weights=args.weights,
+                     preset=restorer.preset), f, indent=2)
   return summary
 
 
-if __name__ == "__main__":
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+  """`vrt-restore` / `python -m vrt_jax.restore`: user errors are two lines and exit status 2."""
+  from vrt_jax import cli
+
+  return cli.run(_main, argv, prog="vrt-restore")
+
+
+def console_main() -> None:
+  """Entry point of the `vrt-restore` console script (and `python -m vrt_jax.restore`)."""
+  from vrt_jax import cli
+
+  # A mistake is reported before the restart below, which would cost a second start-up.
+  cli.run(_parse_and_check, None, prog="vrt-restore")
   memory.reexec_with_huge_pages()  # Fewer page faults on CPU (vrt_jax.memory).
   main()
+
+
+if __name__ == "__main__":
+  console_main()

@@ -127,8 +127,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       batch = sharding.make_global_batch(next(data_iter), mesh)
       frozen = step - 1 < fix_iter
       if frozen not in compiled:
+        compile_start = time.perf_counter()
+        pbar.set_description_str("train (compiling the step)")
         compiled[frozen] = step_fns[frozen].lower(state, batch).compile()
         sharding.sync_processes(f"compiled_step_{step}")
+        # Compiling is not training: keep it out of the bar's it/s and ETA and of steps_per_sec.
+        pbar.set_description_str("train", refresh=False)
+        pbar.unpause()
+        last_time += time.perf_counter() - compile_start
       state, step_metrics = compiled[frozen](state, batch)
       pending.append((step, step_metrics))
       pbar.update(1)
