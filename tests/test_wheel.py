@@ -83,8 +83,9 @@ def test_wheel_in_a_fresh_venv_restores_and_exports(tmp_path):
       cwd=work, env=env)
 
   assert "StableHLO" in run([bin_dir / "vrt-export", "--help"], cwd=work, env=env)
-  # TODO(after merge with the practitioner's-path branch): also `vrt-restore --help`.
+  assert "--pix_fmt" in run([bin_dir / "vrt-restore", "--help"], cwd=work, env=env)
   assert "--pix_fmt" in run([python, "-m", "vrt_jax.restore", "--help"], cwd=work, env=env)
+  assert "--preset" in run([bin_dir / "vrt-convert", "--help"], cwd=work, env=env)
 
   _, weights = write_tiny_setup(tmp_path)
   rng = np.random.default_rng(0)
