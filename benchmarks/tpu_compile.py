@@ -173,7 +173,7 @@ def worker(args: argparse.Namespace) -> None:
       raise
     result.update(fits="no", compile_s=time.perf_counter() - t0,
                   error=text.splitlines()[0][:300])
-    m = re.search(r"temporaries ([0-9.]+)([GM])", text)
+    m = re.search(r"temporaries \(?([0-9.]+)([GM])", text)
     if m:
       result["temp_gib"] = float(m.group(1)) / (1024 if m.group(2) == "M" else 1)
     common.emit(result)
@@ -246,9 +246,17 @@ def main() -> None:
           flush=True)
     try:
       row = common.run_worker(cmd, timeout=args.timeout, env=tpu_env(topology))
-    except (RuntimeError, subprocess.TimeoutExpired) as e:
+    except subprocess.TimeoutExpired:
       row = {"program": program, "name": what[1], "topology": topology, "fits": "error",
-             "error": str(e).strip().splitlines()[-1][:300]}
+             "error": f"no result within --timeout {args.timeout:.0f} s"}
+    except RuntimeError as e:
+      text = str(e)
+      exit_code = re.search(r"exit (-?\d+)", text)
+      killed = exit_code and exit_code.group(1) == "-9"
+      lines = [line for line in text.strip().splitlines() if line.strip()]
+      row = {"program": program, "name": what[1], "topology": topology, "fits": "error",
+             "error": "killed (SIGKILL: out of host memory? a full-size compile needs 10-15+ GB)"
+             if killed else (lines[-1][:300] if lines else "worker failed")}
     rows.append(row)
     print(json.dumps(row), file=sys.stderr, flush=True)
   print()

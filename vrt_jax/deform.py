@@ -21,8 +21,6 @@ from vrt_jax.spynet import torch_conv_init
 
 # Upper bound on the im2col columns materialised at once (bytes); see _deform_conv_1group.
 _COLUMN_BYTES = 64 << 20
-# The same on accelerators, where a larger chunk means fewer loop iterations.
-_XLA_COLUMN_BYTES = 1 << 30
 
 
 def modulated_deform_conv(x: jax.Array, offset: jax.Array, mask: jax.Array, kernel: jax.Array,
@@ -85,14 +83,15 @@ def _deform_conv_1group_cpu(x: jax.Array, offset: jax.Array, mask: jax.Array, ke
 def _deform_conv_1group_xla(x: jax.Array, offset: jax.Array, mask: jax.Array, kernel: jax.Array,
                             dg: int) -> jax.Array:
   n, h, w, _ = x.shape
-  step = memory.chunk_size(n, h * w * 9 * x.shape[-1] * 4, _XLA_COLUMN_BYTES)
-  one = lambda a: _deform_conv_matmul(*a, kernel, dg, materialise=False)
+  step = memory.chunk_size(n, h * w * 9 * x.shape[-1] * 4, _COLUMN_BYTES)
+  # A few frames at a time, each rematerialised: the gathered 2 x 2 neighbourhoods are 4x the
+  # columns (and on a TPU their 4 * C / dg floats per row pad to 128 lanes), far too many to
+  # keep for the backward pass or to hold for a whole test tile at once.
+  one = jax.checkpoint(lambda a: _deform_conv_matmul(*a, kernel, dg, materialise=False))
   if step == n:
     return one((x, offset, mask))
-  # A few frames at a time; the loop body is rematerialised, so the backward pass keeps no
-  # columns either.
   xs = [t.reshape(n // step, step, *t.shape[1:]) for t in (x, offset, mask)]
-  return jax.lax.map(jax.checkpoint(one), xs).reshape(n, h, w, -1)
+  return jax.lax.map(one, xs).reshape(n, h, w, -1)
 
 
 _deform_conv_1group = kernels.dispatch(cpu=_deform_conv_1group_cpu, xla=_deform_conv_1group_xla)
