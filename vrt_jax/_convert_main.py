@@ -12,7 +12,7 @@ from pathlib import Path
 
 import jax
 
-from vrt_jax import checkpoint, cli, convert, presets
+from vrt_jax import checkpoint, cli, convert, presets, runtime
 from vrt_jax.vrt import VRT
 
 
@@ -25,7 +25,7 @@ def _main(argv: list[str] | None = None) -> None:
                            "name, if it is a released model's)")
   parser.add_argument("--out", required=True, help="output directory (Orbax)")
   args = parser.parse_args(argv)
-  cli.quiet_logs()
+  runtime.quiet_logs()
   preset = args.preset or Path(args.checkpoint).stem
   if preset not in presets.PRESETS:
     parser.error(f"{args.checkpoint} is not named after a released model: give --preset NAME")
