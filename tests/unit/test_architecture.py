@@ -1,6 +1,7 @@
 """The package's shape: no import cycle, read from the source by tools/import_graph.py."""
 
 import importlib.util
+import re
 import textwrap
 from pathlib import Path
 
@@ -44,3 +45,16 @@ def test_cycles_are_found_through_lazy_and_relative_imports(tmp_path):
   (pkg / "d.py").write_text("import vrt_jax.a as a\n")
   cycle = tool.find_cycle(tool.import_graph(tmp_path))
   assert cycle == ["vrt_jax.a", "vrt_jax.b", "vrt_jax.c", "vrt_jax.d", "vrt_jax.a"]
+
+
+def test_architecture_doc_lists_the_imports_of_the_code():
+  tool = _graph_tool()
+  doc = (ROOT / "docs" / "architecture.md").read_text()
+  listed = doc.split("<!-- dependencies: begin -->\n")[1].split("\n<!-- dependencies: end -->")[0]
+  assert listed.splitlines() == tool.dependency_lines(tool.import_graph()), (
+      "docs/architecture.md is out of date: paste the output of `python tools/import_graph.py` "
+      "between its dependency markers (and describe any new module)")
+  # Every module listed has its paragraph.
+  modules = re.findall(r"^- `([^`]+)`", listed, re.M)
+  described = set(re.findall(r"^\*\*`([^`]+)`\*\*", doc, re.M))
+  assert not [m for m in modules if m not in described], "modules without a paragraph"
