@@ -174,7 +174,7 @@ def add_arguments(parser: Any, preset: str) -> None:
   parser.add_argument("--skip_jax", action="store_true", help="only measure the reference")
   parser.add_argument("--no_huge_pages", action="store_true",
                       help="vrt-jax: keep glibc's default malloc instead of the huge pages that "
-                           "train.py, eval.py and restore ask for (vrt_jax.memory.huge_pages_env)")
+                           "train.py, eval.py and restore ask for (vrt_jax.runtime.huge_pages_env)")
   parser.add_argument("--worker", choices=("jax", "torch"), help=argparse.SUPPRESS)
   parser.add_argument("--kwargs", default="{}", help=argparse.SUPPRESS)
 
@@ -199,11 +199,11 @@ def compare(args: Any, script: str, columns: Sequence[tuple[str, str, str]], wha
   (when --ref is given), then the table with ours / reference ratios and the command line."""
   if args.runs < 1:
     raise ValueError(f"--runs must be >= 1, got {args.runs}")
-  from vrt_jax import memory  # This parent runs under the vrt-jax interpreter.
+  from vrt_jax import runtime  # This parent runs under the vrt-jax interpreter.
 
   # The jax worker runs with the malloc settings the entry points give themselves.
-  jax_env = memory.huge_pages_env(
-      dict(os.environ, **({memory.KEEP_MALLOC_ENV: "1"} if args.no_huge_pages else {})))
+  jax_env = runtime.huge_pages_env(
+      dict(os.environ, **({runtime.KEEP_MALLOC_ENV: "1"} if args.no_huge_pages else {})))
   print(f"# machine: {machine_description(args.threads)}", flush=True)
   base = ["--shape", args.shape, "--runs", str(args.runs), "--threads", str(args.threads), *base]
   rows = []

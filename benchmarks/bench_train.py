@@ -11,7 +11,7 @@ upscale times larger. Each measurement runs in its own subprocess (peak RSS per 
 one invocation, pinned to the same CPUs and thread count. First call = vrt-jax trace + compile +
 one step, or PyTorch's first eager step; then the median / min of `--runs` steps. vrt-jax steps
 as train.py does: parameters and optimizer state donated to the step, glibc's malloc on
-transparent huge pages (vrt_jax.memory.huge_pages_env; `--no_huge_pages` to compare without).
+transparent huge pages (vrt_jax.runtime.huge_pages_env; `--no_huge_pages` to compare without).
 """
 
 from __future__ import annotations

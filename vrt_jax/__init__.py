@@ -10,7 +10,7 @@ __all__ = ["VRT", "presets", "convert", "load", "VideoRestorer"]
 
 
 def __getattr__(name):
-  # convert pulls in checkpoint I/O, api the restore tools; import them on first use.
+  # convert reads PyTorch files, api pulls in the restore tools; import them on first use.
   import importlib
 
   if name == "convert":

@@ -15,7 +15,7 @@ the layout used is printed. Tiling defaults to the official setting of the confi
 from absl import app, flags
 from ml_collections import config_flags
 
-from vrt_jax import absl_cli, eval_lib, memory, runtime
+from vrt_jax import absl_cli, eval_lib, runtime
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/<task>.py).")
 _CHECKPOINT = flags.DEFINE_string(
@@ -64,5 +64,5 @@ def run() -> None:
   """Entry point of `vrt-eval` and `python eval.py`."""
   flags.mark_flags_as_required(["config", "checkpoint", "output"])
   absl_cli.precheck("vrt-eval")
-  memory.reexec_with_huge_pages()  # Fewer page faults on CPU (vrt_jax.memory).
+  runtime.reexec_with_huge_pages()  # Fewer page faults on CPU (vrt_jax.runtime).
   absl_cli.run(main, prog="vrt-eval")

@@ -13,7 +13,7 @@ unwritable workdir) is two lines on stderr and exit status 2; --debug shows the 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from vrt_jax import absl_cli, memory, runtime, sharding
+from vrt_jax import absl_cli, runtime, sharding
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
@@ -45,5 +45,5 @@ def main(argv):
 def run() -> None:
   """Entry point of `vrt-train` and `python train.py`."""
   absl_cli.precheck("vrt-train")
-  memory.reexec_with_huge_pages()  # Steps 10-15% faster on CPU (vrt_jax.memory).
+  runtime.reexec_with_huge_pages()  # Steps 10-15% faster on CPU (vrt_jax.runtime).
   absl_cli.run(main, prog="vrt-train")

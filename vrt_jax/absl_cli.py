@@ -14,7 +14,7 @@ from typing import Any
 
 from absl import app, flags
 
-from vrt_jax import cli
+from vrt_jax import cli, runtime
 
 
 def define_debug_flag() -> None:
@@ -46,7 +46,7 @@ def _check_config_file(argv: list[str], prog: str) -> None:
 
 
 def precheck(prog: str) -> None:
-  """A missing --config file reported before a restart (memory.reexec_with_huge_pages), which
+  """A missing --config file reported before a restart (runtime.reexec_with_huge_pages), which
   would cost a second start-up. (Other flags are parsed only once, by app.run: ml_collections
   defines its override flags while parsing, so a second parse would fail.)"""
   _prog[0] = prog
@@ -63,7 +63,7 @@ def run(main: Callable[[list[str]], Any], *, prog: str) -> None:
     main_module.__doc__ = sys.modules[main.__module__].__doc__
 
   def wrapped(argv: list[str]) -> Any:
-    cli.quiet_logs()
+    runtime.quiet_logs()
     try:
       return main(argv)
     except app.UsageError as e:  # absl would print the whole flag help.

@@ -114,9 +114,9 @@ def load(weights: str, *, preset: str | None = None, config: str | None = None,
     False uses plain `jax.jit(model.apply)` per call.
   progress: a progress bar while downloading weights.
   """
-  from vrt_jax import cli
+  from vrt_jax import runtime
 
-  cli.quiet_logs()  # Orbax's INFO lines (and one harmless warning) per checkpoint read.
-  loaded = restore.load_restorer(preset=preset, weights=str(weights), config=config,
-                                 progress=progress)
+  with runtime.quiet_logs_while():  # Orbax's INFO lines (and a harmless warning) per read.
+    loaded = restore.load_restorer(preset=preset, weights=str(weights), config=config,
+                                   progress=progress)
   return VideoRestorer(loaded, tile=tile, tile_overlap=tile_overlap, fast=fast)

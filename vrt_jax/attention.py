@@ -404,7 +404,7 @@ def _window_attention(nh: int, scale: float, chunk: int, masked: bool, biased: b
   return attend
 
 
-class WindowAttention(nn.Module):
+class WindowAttention(nn.Module, kw_only=True):
   """Multi-head self attention in 3-D windows, plus mutual attention between the two frames.
 
   Self attention uses a learned relative position bias. Mutual attention (VRT, Sec. 3.2) lets the

@@ -5,7 +5,7 @@ optimizer state and step, an Orbax StandardSave) and `data` (the grain iterator 
 resumed run sees exactly the batches an uninterrupted run would). Saving is asynchronous; Orbax
 coordinates the processes of a multi-host run.
 
-Exported parameters (`export_params`, written by `python -m vrt_jax.convert`) are a directory with
+Exported parameters (`export_params`, written by `vrt-convert`) are a directory with
 `model_config.json` ({"preset": name or null, "model": VRT kwargs}) and `params/`, an Orbax
 StandardCheckpointer checkpoint of the params pytree.
 """
@@ -18,13 +18,12 @@ from typing import Any
 
 import grain
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from flax import traverse_util
 
-from vrt_jax import convert
+from vrt_jax import shapes
 
 CHECKPOINT_DIR = "checkpoints"
 MODEL_CONFIG = "model_config.json"
@@ -104,15 +103,9 @@ def set_aside(manager: ocp.CheckpointManager, step: int) -> str:
 # ---------------------------------------------------------------------------- parameters
 
 
-def example_input(model: Any) -> jax.ShapeDtypeStruct:
-  """The smallest input `model.init` accepts, (1, T, 8 * window_h, 8 * window_w, Cin).
-
-  Parameter shapes do not depend on H and W, so this serves any training patch size.
-  """
-  return jax.ShapeDtypeStruct(convert.example_input_shape(model), jnp.float32)
-
-
-abstract_params = convert.abstract_params
+# The checkpoint format's view of a model; vrt_jax.shapes has them, kept here by name.
+example_input = shapes.example_input
+abstract_params = shapes.abstract_params
 
 
 def random_params(model: Any, seed: int = 0) -> Any:

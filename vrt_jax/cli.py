@@ -1,4 +1,4 @@
-"""What the command-line tools share: short errors a person can read, and quiet logs.
+"""What the command-line tools share: short errors a person can read (quiet logs: vrt_jax.runtime).
 
 Every user error (a missing file, frames of mixed sizes, an unknown flag, a checkpoint of another
 model) ends the program with one or two lines on stderr, what was wrong and how to fix it, and
@@ -9,8 +9,6 @@ not listed in `USER_ERRORS`) keep their traceback.
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import pickle
 import sys
 from collections.abc import Callable, Sequence
@@ -73,37 +71,3 @@ def run(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None 
     if debug:
       raise
     fail(prog, short_message(e))
-
-
-class _DropLibraryInfo(logging.Filter):
-  """Drops records below WARNING that libraries (Orbax, grain) log through absl's logger."""
-
-  NOISY = (f"{os.sep}orbax{os.sep}", f"{os.sep}grain{os.sep}", f"{os.sep}etils{os.sep}")
-  # Orbax warnings that are expected and harmless here: a training checkpoint's `state` item
-  # is read on its own, without the step's metadata file.
-  HARMLESS = ("Metadata file does not exist",)
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    if not any(part in record.pathname for part in self.NOISY):
-      return True
-    if record.levelno >= logging.ERROR:
-      return True
-    message = record.getMessage()
-    return record.levelno >= logging.WARNING and not any(h in message for h in self.HARMLESS)
-
-
-def quiet_logs() -> None:
-  """Silences library chatter that says nothing to a user of the tools.
-
-  Orbax logs every checkpoint step at INFO through absl (dozens of lines per save or restore);
-  JAX warns on every run that it fell back to CPU. vrt-jax's own INFO lines and every warning
-  and error stay. Set VRT_JAX_VERBOSE=1 to keep everything.
-  """
-  if os.environ.get("VRT_JAX_VERBOSE"):
-    return
-  absl_logger = logging.getLogger("absl")
-  if not any(isinstance(f, _DropLibraryInfo) for f in absl_logger.filters):
-    absl_logger.addFilter(_DropLibraryInfo())
-  for name in ("orbax", "grain", "etils"):
-    logging.getLogger(name).setLevel(logging.WARNING)
-  logging.getLogger("jax._src.xla_bridge").setLevel(logging.ERROR)  # the CPU fallback banner

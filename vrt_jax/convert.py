@@ -5,8 +5,9 @@ storages) with a restricted unpickler that only rebuilds tensors; anything else 
 refused, since a checkpoint from the internet is untrusted input. `from_torch` maps PyTorch names
 and layouts onto the Flax parameter tree of a `VRT`, strictly.
 
-Command line: vrt-convert CHECKPOINT.pth [--preset NAME] --out DIR (or python -m vrt_jax.convert);
-the preset defaults to the file name when it is a released model's.
+The command line, vrt-convert CHECKPOINT.pth [--preset NAME] --out DIR (or python -m
+vrt_jax.convert), lives in vrt_jax/_convert_main.py: it writes with the checkpoint module, which
+itself reads `.pth` files through this one, so conversion never imports checkpoint.
 """
 
 from __future__ import annotations
@@ -19,12 +20,15 @@ import zipfile
 from collections.abc import Mapping
 from typing import Any
 
-import jax
 import numpy as np
 from flax import traverse_util
 
 from vrt_jax import attention, spynet
+from vrt_jax.shapes import abstract_params, example_input_shape, param_count
 from vrt_jax.vrt import VRT
+
+__all__ = ["abstract_params", "example_input_shape", "expected_buffers", "from_torch",
+           "load_torch_checkpoint", "param_count", "torch_name"]
 
 _STORAGE_DTYPES = {
     "DoubleStorage": np.float64, "FloatStorage": np.float32, "HalfStorage": np.float16,
@@ -168,20 +172,6 @@ def _to_flax_layout(value: np.ndarray, target_shape: tuple[int, ...], leaf: str)
   return value
 
 
-def example_input_shape(model: VRT) -> tuple[int, ...]:
-  """(1, T, 8 * window_h, 8 * window_w, Cin): the smallest input `model.init` accepts."""
-  ws = model.window_size
-  t = model.img_size[0] if model.pa_frames == 0 else max(model.img_size[0], 4)
-  c = model.in_chans + (1 if model.nonblind_denoising and model.pa_frames else 0)
-  return (1, t, 8 * ws[1], 8 * ws[2], c)
-
-
-def abstract_params(model: VRT) -> dict[str, Any]:
-  """The model's parameter tree as ShapeDtypeStructs (no compute)."""
-  x = jax.ShapeDtypeStruct(example_input_shape(model), np.float32)
-  return jax.eval_shape(model.init, jax.random.key(0), x)["params"]
-
-
 def expected_buffers(model: VRT) -> dict[str, np.ndarray]:
   """The reference's buffers for this configuration, by PyTorch name (constants in vrt-jax)."""
   ws = tuple(model.window_size)
@@ -253,43 +243,7 @@ def from_torch(state_dict: Mapping[str, Any], model: VRT) -> dict[str, Any]:
   return {"params": traverse_util.unflatten_dict(out)}
 
 
-def param_count(model: VRT) -> int:
-  """Number of trainable parameters (the reference's model.parameters())."""
-  return sum(int(np.prod(v.shape)) for v in jax.tree.leaves(abstract_params(model)))
+if __name__ == "__main__":  # python -m vrt_jax.convert: the vrt-convert command
+  from vrt_jax import _convert_main
 
-
-def _main(argv: list[str] | None = None) -> None:
-  import json
-  from pathlib import Path
-
-  from vrt_jax import checkpoint, cli, presets
-  parser = cli.ArgumentParser(prog="vrt-convert", description=__doc__.split("\n\n")[0])
-  parser.add_argument("checkpoint", help="official VRT .pth file")
-  parser.add_argument("--preset", choices=sorted(presets.PRESETS), metavar="NAME",
-                      help="the released model the checkpoint belongs to (default: the file "
-                           "name, if it is a released model's)")
-  parser.add_argument("--out", required=True, help="output directory (Orbax)")
-  args = parser.parse_args(argv)
-  cli.quiet_logs()
-  preset = args.preset or Path(args.checkpoint).stem
-  if preset not in presets.PRESETS:
-    parser.error(f"{args.checkpoint} is not named after a released model: give --preset NAME")
-  if not Path(args.checkpoint).is_file():
-    raise cli.UserError(f"checkpoint {args.checkpoint} does not exist")
-  kwargs = presets.get_preset(preset)
-  model = VRT(**kwargs)
-  variables = from_torch(load_torch_checkpoint(args.checkpoint), model)
-  checkpoint.export_params(args.out, variables["params"], kwargs, preset)
-  print(json.dumps({"out": args.out, "preset": preset,
-                    "params": sum(int(v.size) for v in jax.tree.leaves(variables))}))
-
-
-def main(argv: list[str] | None = None) -> None:
-  """`vrt-convert` / `python -m vrt_jax.convert`: user errors are two lines, exit status 2."""
-  from vrt_jax import cli
-
-  cli.run(_main, argv, prog="vrt-convert")
-
-
-if __name__ == "__main__":
-  main()
+  _convert_main.main()

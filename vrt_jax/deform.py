@@ -145,7 +145,7 @@ def _deform_columns(x: jax.Array, offset: jax.Array, mask: jax.Array, dg: int,
   return cols.reshape(n, h, w, 9, cin)
 
 
-class DCNv2PackFlowGuided(nn.Module):
+class DCNv2PackFlowGuided(nn.Module, kw_only=True):
   """Flow-guided deformable alignment (BasicVSR++ style) used by VRT's parallel warping.
 
   The offset/mask head sees the flow-warped neighbours, the current frame and the flows; offsets
@@ -156,7 +156,7 @@ class DCNv2PackFlowGuided(nn.Module):
   x_current: (N, H, W, C); flows: pa_frames / 2 arrays (N, H, W, 2) -> (N, H, W, C).
   """
   features: int
-  deformable_groups: int
+  deformable_groups: int = 16
   max_residue_magnitude: float = 10.
   pa_frames: int = 2
   dtype: Any = jnp.float32

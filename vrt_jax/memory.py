@@ -6,17 +6,14 @@ their last use, so every layer's copy would be resident at once; it also runs in
 chunks of a computation side by side. `after` ties such a value to the layer's input, `tie`
 holds a backward pass's recomputation back until its cotangent exists, and `map_chunks` loops
 over chunks one at a time. On the host side, `CompiledPerShape` hands the
-compiler's scratch memory back to the OS before the first run, and `reexec_with_huge_pages`
-has glibc's malloc back large blocks with transparent huge pages.
+compiler's scratch memory back to the OS before the first run (the entry points' huge-pages
+restart is in vrt_jax.runtime).
 """
 
 from __future__ import annotations
 
 import ctypes
 import gc
-import os
-import platform
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -81,60 +78,6 @@ def map_chunks(f: Callable[[Any], Any], xs: Any, chunk: int) -> Any:
 
   out = jax.lax.fori_loop(0, steps, step, init)
   return jax.tree.map(lambda o: o.reshape(-1, *o.shape[2:]), out)
-
-
-HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
-# Set (to anything) to keep the malloc settings the process was started with.
-KEEP_MALLOC_ENV = "VRT_JAX_KEEP_MALLOC"
-
-
-def huge_pages_env(environ: dict[str, str] | None = None) -> dict[str, str]:
-  """`environ` (default os.environ) with glibc's malloc set to use transparent huge pages.
-
-  Returns a copy with `glibc.malloc.hugetlb=1` added to GLIBC_TUNABLES, or an unchanged copy
-  where it does not apply (not Linux with glibc >= 2.35, huge pages off, KEEP_MALLOC_ENV set,
-  or GLIBC_TUNABLES already choosing hugetlb).
-
-  Why: XLA's CPU runtime allocates its temporaries from its worker threads, whose malloc arenas
-  map every block over 64 MiB afresh and unmap it when freed. Each execution then faults its
-  whole working set in again, 4 KiB at a time: about 1.6M page faults and 6-9 s of system time
-  in a 006 training step (1x6x64x64), which huge pages cut to about 6k and 3 s.
-  """
-  env = dict(os.environ if environ is None else environ)
-  tunables = env.get("GLIBC_TUNABLES", "")
-  if (KEEP_MALLOC_ENV in env or "glibc.malloc.hugetlb" in tunables
-      or not _huge_pages_available()):
-    return env
-  env["GLIBC_TUNABLES"] = f"{tunables}:{HUGE_PAGES_TUNABLE}" if tunables else HUGE_PAGES_TUNABLE
-  return env
-
-
-def _huge_pages_available() -> bool:
-  if sys.platform != "linux":
-    return False
-  libc, version = platform.libc_ver()
-  try:
-    if libc != "glibc" or tuple(int(v) for v in version.split(".")[:2]) < (2, 35):
-      return False  # The hugetlb tunable came with glibc 2.35.
-    with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
-      return "[never]" not in f.read()
-  except (OSError, ValueError):
-    return False
-
-
-def reexec_with_huge_pages() -> None:
-  """Restarts this program (same interpreter, options and arguments) under `huge_pages_env`.
-
-  For entry points (train.py, eval.py, `python -m vrt_jax.restore`), before any work: glibc
-  reads its tunables only at process start. A no-op where `huge_pages_env` changes nothing, so
-  the restarted process goes on; costs the imports done so far (about a second).
-  """
-  env = huge_pages_env()
-  if env.get("GLIBC_TUNABLES") == os.environ.get("GLIBC_TUNABLES"):
-    return
-  sys.stdout.flush()
-  sys.stderr.flush()
-  os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
 
 
 def release_freed_heap() -> None:

@@ -41,7 +41,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from vrt_jax import inference, memory, presets, runtime, video
+from vrt_jax import inference, presets, runtime, video
 from vrt_jax.cli import UserError
 
 # Bytes of device memory per input voxel (one pixel of one frame) of a tile, from XLA's memory
@@ -570,10 +570,8 @@ def _parse_and_check(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def _main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-  from vrt_jax import cli
-
   args = _parse_and_check(argv)
-  cli.quiet_logs()
+  runtime.quiet_logs()
   runtime.enable_compilation_cache()  # Each tile shape compiles once, across runs too.
   restorer = load_restorer(preset=args.preset, weights=args.weights, config=args.config,
                            checkpoint_fallback=args.checkpoint_fallback, progress=not args.quiet,
@@ -610,7 +608,7 @@ def console_main() -> None:
 
   # A mistake is reported before the restart below, which would cost a second start-up.
   cli.run(_parse_and_check, None, prog="vrt-restore")
-  memory.reexec_with_huge_pages()  # Fewer page faults on CPU (vrt_jax.memory).
+  runtime.reexec_with_huge_pages()  # Fewer page faults on CPU (vrt_jax.runtime).
   main()
 
 

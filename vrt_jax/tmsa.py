@@ -34,7 +34,7 @@ def dense(features: int, name: str, dtype: Any = jnp.float32) -> nn.Dense:
   return nn.Dense(features, kernel_init=torch_conv_init(), dtype=dtype, name=name)
 
 
-class MlpGEGLU(nn.Module):
+class MlpGEGLU(nn.Module, kw_only=True):
   """Feed-forward network with a GELU-gated linear unit: fc2(GELU(fc11(x)) * fc12(x)).
 
   x: (..., C_in) -> (..., out_features).
@@ -61,7 +61,7 @@ def drop_path(module: nn.Module, x: jax.Array, rate: float, train: bool) -> jax.
   return x * (mask / keep).astype(x.dtype)
 
 
-class TMSA(nn.Module):
+class TMSA(nn.Module, kw_only=True):
   """One TMSA block: (shifted) window attention, then a GEGLU MLP, each with a residual.
 
   With `mut_attn` the attention is mutual + self attention over windows of two frames; without,
@@ -82,10 +82,12 @@ class TMSA(nn.Module):
 
   def setup(self):
     self.norm1 = layer_norm("norm1", self.dtype)
-    self.attn = WindowAttention(self.dim, tuple(self.window_size), self.num_heads, self.qkv_bias,
-                                self.qk_scale, self.mut_attn, self.dtype)
+    self.attn = WindowAttention(
+        dim=self.dim, window_size=tuple(self.window_size), num_heads=self.num_heads,
+        qkv_bias=self.qkv_bias, qk_scale=self.qk_scale, mut_attn=self.mut_attn, dtype=self.dtype)
     self.norm2 = layer_norm("norm2", self.dtype)
-    self.mlp = MlpGEGLU(int(self.dim * self.mlp_ratio), self.dim, self.dtype)
+    self.mlp = MlpGEGLU(hidden_features=int(self.dim * self.mlp_ratio), out_features=self.dim,
+                        dtype=self.dtype)
 
   def attention_part(self, x: jax.Array) -> jax.Array:
     b, d, h, w, c = x.shape
@@ -140,7 +142,7 @@ class TMSA(nn.Module):
     return x + drop_path(self, y, self.drop_path, train)
 
 
-class TMSAG(nn.Module):
+class TMSAG(nn.Module, kw_only=True):
   """A group of TMSA blocks; odd blocks use windows shifted by half a window.
 
   x: (B, D, H, W, C) -> (B, D, H, W, C).
@@ -164,14 +166,15 @@ class TMSAG(nn.Module):
     block = kernels.remat(TMSA, self.remat)
     for i in range(self.depth):
       rate = self.drop_path[i] if isinstance(self.drop_path, Sequence) else self.drop_path
-      x = block(self.dim, self.num_heads, tuple(self.window_size),
-               (0, 0, 0) if i % 2 == 0 else shift, self.mut_attn, self.mlp_ratio, self.qkv_bias,
-               self.qk_scale, float(rate), self.use_checkpoint_attn, self.dtype,
-               name=f"blocks_{i}")(x, train)
+      x = block(dim=self.dim, num_heads=self.num_heads, window_size=tuple(self.window_size),
+                shift_size=(0, 0, 0) if i % 2 == 0 else shift, mut_attn=self.mut_attn,
+                mlp_ratio=self.mlp_ratio, qkv_bias=self.qkv_bias, qk_scale=self.qk_scale,
+                drop_path=float(rate), use_checkpoint_attn=self.use_checkpoint_attn,
+                dtype=self.dtype, name=f"blocks_{i}")(x, train)
     return x
 
 
-class RTMSA(nn.Module):
+class RTMSA(nn.Module, kw_only=True):
   """Residual TMSA group of stage 8: x + Linear(TMSAG(x)), self attention only.
 
   x: (B, D, H, W, C) -> (B, D, H, W, C).
@@ -190,9 +193,11 @@ class RTMSA(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    y = TMSAG(self.dim, self.depth, self.num_heads, self.window_size, False, self.mlp_ratio,
-              self.qkv_bias, self.qk_scale, self.drop_path, self.use_checkpoint_attn,
-              self.dtype, remat=self.remat, name="residual_group")(x, train)
+    y = TMSAG(dim=self.dim, depth=self.depth, num_heads=self.num_heads,
+              window_size=self.window_size, mut_attn=False, mlp_ratio=self.mlp_ratio,
+              qkv_bias=self.qkv_bias, qk_scale=self.qk_scale, drop_path=self.drop_path,
+              use_checkpoint_attn=self.use_checkpoint_attn, dtype=self.dtype,
+              remat=self.remat, name="residual_group")(x, train)
     return x + dense(self.dim, "linear", self.dtype)(y)
 
 

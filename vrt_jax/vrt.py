@@ -8,6 +8,7 @@ interpolation when pa_frames is 0).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -70,13 +71,12 @@ def flows_composed(flows: Sequence[jax.Array], flows2: Sequence[jax.Array], forw
   return out
 
 
-class Stage(nn.Module):
+class Stage(nn.Module, kw_only=True):
   """One stage of the U-shaped stack: reshape, TMSA groups, parallel warping.
 
-  x: (B, T, H, W, in_dim) -> (B, T, H', W', dim) with H' = 2H ('up'), H/2 ('down') or H ('none').
+  x: (B, T, H, W, C) -> (B, T, H', W', dim) with H' = 2H ('up'), H/2 ('down') or H ('none').
   flows_backward / flows_forward: pa_frames / 2 arrays (B, T - k, H', W', 2), k = 1..pa_frames/2.
   """
-  in_dim: int
   dim: int
   depth: int
   num_heads: int
@@ -113,24 +113,28 @@ class Stage(nn.Module):
     ws = tuple(self.window_size)
     depth1 = int(self.depth * self.mul_attn_ratio)
     rates = self.drop_path if isinstance(self.drop_path, float) else tuple(self.drop_path)
-    y = TMSAG(self.dim, depth1, self.num_heads, (2, ws[1], ws[2]), True, self.mlp_ratio,
-              self.qkv_bias, self.qk_scale, rates, self.use_checkpoint_attn,
-              self.dtype, remat=self.remat, name="residual_group1")(x, train)
+    group = functools.partial(
+        TMSAG, dim=self.dim, num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
+        qkv_bias=self.qkv_bias, qk_scale=self.qk_scale, drop_path=rates,
+        use_checkpoint_attn=self.use_checkpoint_attn, dtype=self.dtype, remat=self.remat)
+    y = group(depth=depth1, window_size=(2, ws[1], ws[2]), mut_attn=True,
+              name="residual_group1")(x, train)
     x = dense(self.dim, "linear1", self.dtype)(y) + x
     # The reference always checkpoints the attention of this group. Here it follows
     # use_checkpoint_attn: recomputing it costs more time (its 3-D windows are the largest) than
     # it saves memory, once the feed-forward parts are recomputed (TMSA).
-    y = TMSAG(self.dim, self.depth - depth1, self.num_heads, ws, False, self.mlp_ratio,
-              self.qkv_bias, self.qk_scale, rates, self.use_checkpoint_attn,
-              self.dtype, remat=self.remat, name="residual_group2")(x, train)
+    y = group(depth=self.depth - depth1, window_size=ws, mut_attn=False,
+              name="residual_group2")(x, train)
     x = dense(self.dim, "linear2", self.dtype)(y) + x
 
     if self.pa_frames:
-      pa_deform = DCNv2PackFlowGuided(self.dim, self.deformable_groups,
-                                      self.max_residue_magnitude, self.pa_frames, self.dtype,
-                                      name="pa_deform")
+      pa_deform = DCNv2PackFlowGuided(
+          features=self.dim, deformable_groups=self.deformable_groups,
+          max_residue_magnitude=self.max_residue_magnitude, pa_frames=self.pa_frames,
+          dtype=self.dtype, name="pa_deform")
       x_backward, x_forward = parallel_warp(x, flows_backward, flows_forward, pa_deform)
-      x = MlpGEGLU(3 * self.dim, self.dim, self.dtype, name="pa_fuse")(
+      x = MlpGEGLU(hidden_features=3 * self.dim, out_features=self.dim, dtype=self.dtype,
+                   name="pa_fuse")(
           jnp.concatenate([x, x_backward, x_forward], axis=-1))
     return x
 
@@ -372,7 +376,7 @@ class VRT(nn.Module):
 
     def stage(i, inp):
       return Stage(
-          in_dim=self.embed_dims[i - 1], dim=self.embed_dims[i], depth=depths[i],
+          dim=self.embed_dims[i], depth=depths[i],
           num_heads=self.num_heads[i], window_size=ws, mul_attn_ratio=self.mul_attn_ratio,
           mlp_ratio=self.mlp_ratio, qkv_bias=self.qkv_bias, qk_scale=self.qk_scale,
           drop_path=tuple(dpr[sum(depths[:i]):sum(depths[:i + 1])]), pa_frames=self.pa_frames,
@@ -393,7 +397,9 @@ class VRT(nn.Module):
     x = dense(self.embed_dims[7], "stage8_0_2", self.dtype)(layer_norm("stage8_0_1", self.dtype)(x))
     for i in range(7, len(depths)):
       window = (1, ws[1], ws[2]) if i in self.indep_reconsts else ws
-      x = RTMSA(self.embed_dims[i], depths[i], self.num_heads[i], window, self.mlp_ratio,
-                self.qkv_bias, self.qk_scale, tuple(dpr[sum(depths[:i]):sum(depths[:i + 1])]),
-                ckpt_attn[i], self.dtype, remat=self.remat, name=f"stage8_{i - 6}")(x, train)
+      x = RTMSA(dim=self.embed_dims[i], depth=depths[i], num_heads=self.num_heads[i],
+                window_size=window, mlp_ratio=self.mlp_ratio, qkv_bias=self.qkv_bias,
+                qk_scale=self.qk_scale, drop_path=tuple(dpr[sum(depths[:i]):sum(depths[:i + 1])]),
+                use_checkpoint_attn=ckpt_attn[i], dtype=self.dtype, remat=self.remat,
+                name=f"stage8_{i - 6}")(x, train)
     return layer_norm("norm", self.dtype)(x)

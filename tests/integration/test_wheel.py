@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from standins import write_tiny_setup
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def run(args, cwd, env, timeout=600):

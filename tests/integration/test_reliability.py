@@ -29,7 +29,7 @@ from standins import FakeModel, standin_restorer
 from vrt_jax import checkpoint, eval_lib, inference, metrics, presets, restore, video
 from vrt_jax.data import layouts, pipeline, testsets
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / "tests" / "data"
 
 
@@ -458,7 +458,7 @@ TRAIN_CHILD = textwrap.dedent("""\
 
 
 def run_train(workdir, *flags, **env):
-  from tests.test_train import train_env
+  from tests.integration.test_train import train_env
 
   return subprocess.run(
       [sys.executable, "-c", TRAIN_CHILD, *TRAIN_FLAGS, f"--workdir={workdir}", *flags],

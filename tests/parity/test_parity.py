@@ -110,8 +110,10 @@ def test_flow_guided_deformable_conv_matches_reference(name, stage):
   t = lambda k: pu.image(z[f"inter/{stage}.pa_deform/in/{k}"])
   warped = flow_warp(jnp.asarray(t("x")), jnp.asarray(t("flows/0")))
   _close(warped, t("x_flow_warpeds/0"), 1e-5)
-  mod = DCNv2PackFlowGuided(cfg["embed_dims"][2], cfg["deformable_groups"],
-                            {"stage3": 2.5, "stage4": 1.25}[stage], 2)
+  mod = DCNv2PackFlowGuided(features=cfg["embed_dims"][2],
+                            deformable_groups=cfg["deformable_groups"],
+                            max_residue_magnitude={"stage3": 2.5, "stage4": 1.25}[stage],
+                            pa_frames=2)
   out, inter = mod.apply(_subtree(variables, stage, "pa_deform"), t("x"), [t("x_flow_warpeds/0")],
                          t("x_current"), [t("flows/0")], capture_intermediates=True)
   _close(inter["intermediates"]["conv_offset_6"]["__call__"][0],
@@ -138,7 +140,8 @@ def test_mutual_self_attention_block_matches_reference(name, stage):
   z = pu.load(name)
   _, variables = _variables(name)
   cfg = pu.config(name)
-  block = TMSA(cfg["embed_dims"][2], cfg["num_heads"][2], (2, 8, 8), (1, 4, 4), mut_attn=True)
+  block = TMSA(dim=cfg["embed_dims"][2], num_heads=cfg["num_heads"][2], window_size=(2, 8, 8),
+               shift_size=(1, 4, 4), mut_attn=True)
   v = _subtree(variables, stage, "residual_group1", "blocks_1")
   _close(block.apply(v, z[f"inter/{stage}.residual_group1.blocks.1/in"]),
          z[f"inter/{stage}.residual_group1.blocks.1/out"])
@@ -149,8 +152,8 @@ def test_self_attention_block_matches_reference(name):
   z = pu.load(name)
   _, variables = _variables(name)
   cfg = pu.config(name)
-  block = TMSA(cfg["embed_dims"][3], cfg["num_heads"][3], tuple(cfg["window_size"]), (0, 0, 0),
-               mut_attn=False)
+  block = TMSA(dim=cfg["embed_dims"][3], num_heads=cfg["num_heads"][3],
+               window_size=tuple(cfg["window_size"]), shift_size=(0, 0, 0), mut_attn=False)
   v = _subtree(variables, "stage4", "residual_group2", "blocks_0")
   _close(block.apply(v, z["inter/stage4.residual_group2.blocks.0/in"]),
          z["inter/stage4.residual_group2.blocks.0/out"])
@@ -162,7 +165,7 @@ def test_stage_reshape_and_fusion_match_reference(name):
   z = pu.load(name)
   model, variables = _variables(name)
   cfg = pu.config(name)
-  st = Stage(in_dim=cfg["embed_dims"][2], dim=cfg["embed_dims"][3], depth=cfg["depths"][3],
+  st = Stage(dim=cfg["embed_dims"][3], depth=cfg["depths"][3],
              num_heads=cfg["num_heads"][3], window_size=tuple(cfg["window_size"]),
              pa_frames=2, deformable_groups=cfg["deformable_groups"], reshape="down",
              max_residue_magnitude=1.25)

@@ -16,7 +16,7 @@ from standins import Residual, standin_variables, write_tiny_setup
 from vrt_jax import eval_lib, inference, metrics, presets, video
 from vrt_jax.data import synthetic, testsets
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 def make_reds_like(root, clips=("000", "011"), num_frames=6, size=64):
   """root/{lq,gt}/<clip>/%08d.png: motion-blurred synthetic clips and their sharp frames."""

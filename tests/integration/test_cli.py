@@ -14,7 +14,7 @@ from standins import write_tiny_workdir
 
 from vrt_jax import video
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
 
 

@@ -79,7 +79,7 @@ def test_drop_path_drops_whole_samples_and_rescales():
       return drop_path(self, x, 0.5, train)
 
   x = jnp.ones((64, 3, 2))
-  mod = Wrap(8, 2, (2, 8, 8))
+  mod = Wrap(dim=8, num_heads=2, window_size=(2, 8, 8))
   y = mod.apply({}, x, True, rngs={"dropout": jax.random.key(1)})
   per_sample = np.asarray(y).reshape(64, -1)
   assert set(np.unique(per_sample)) <= {0.0, 2.0}
@@ -101,8 +101,9 @@ def test_training_mode_needs_and_uses_dropout_rng():
 @pytest.mark.parametrize("mut_attn", [True, False])
 def test_remat_blocks_match_plain_blocks_and_gradients(mut_attn):
   x = jax.random.normal(jax.random.key(0), (1, 4, 16, 16, 8))
-  plain = TMSA(8, 2, (2, 8, 8), (1, 4, 4), mut_attn)
-  remat = TMSA(8, 2, (2, 8, 8), (1, 4, 4), mut_attn, use_checkpoint_attn=True)
+  kw = dict(dim=8, num_heads=2, window_size=(2, 8, 8), shift_size=(1, 4, 4), mut_attn=mut_attn)
+  plain = TMSA(**kw)
+  remat = TMSA(**kw, use_checkpoint_attn=True)
   v = plain.init(jax.random.key(1), x)
   np.testing.assert_allclose(remat.apply(v, x), plain.apply(v, x), atol=1e-6)
   g1 = jax.grad(lambda v: plain.apply(v, x).sum())(v)
@@ -113,7 +114,8 @@ def test_remat_blocks_match_plain_blocks_and_gradients(mut_attn):
 @pytest.mark.parametrize("checkpoint_attn", [False, True])
 def test_block_backward_recomputes_its_parts_and_keeps_their_gradient(checkpoint_attn):
   x = jax.random.normal(jax.random.key(0), (1, 4, 16, 16, 8))
-  block = TMSA(8, 2, (2, 8, 8), (1, 4, 4), True, mlp_ratio=4.,  # MLP hidden width 32: unique.
+  block = TMSA(dim=8, num_heads=2, window_size=(2, 8, 8), shift_size=(1, 4, 4), mut_attn=True,
+               mlp_ratio=4.,  # MLP hidden width 32: unique.
                use_checkpoint_attn=checkpoint_attn)
   v = block.init(jax.random.key(1), x)
 

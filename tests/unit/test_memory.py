@@ -1,15 +1,12 @@
 """Memory helpers: same values and gradients as the plain computations they replace."""
 
-import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vrt_jax import attention, memory, runtime
+from vrt_jax import attention, memory
 
 
 def _naive_attention(qkv, qkv_mut, nh, scale, bias, labels):
@@ -125,59 +122,3 @@ def test_compiled_per_shape_passes_its_cpu_options_and_skips_unknown_ones():
   # A known option reaches the compiler (a bad value is refused there).
   with pytest.raises(jax.errors.JaxRuntimeError):
     memory.CompiledPerShape(lambda a: a + 1, {"xla_cpu_use_fusion_emitters": "maybe"})(x)
-
-
-def test_huge_pages_env_adds_the_tunable_once_and_respects_the_user(monkeypatch):
-  monkeypatch.setattr(memory, "_huge_pages_available", lambda: True)
-  base = {"PATH": "/bin"}
-  assert memory.huge_pages_env(base) == {**base, "GLIBC_TUNABLES": memory.HUGE_PAGES_TUNABLE}
-  other = {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}
-  assert memory.huge_pages_env(other)["GLIBC_TUNABLES"] == (
-      "glibc.malloc.arena_max=2:" + memory.HUGE_PAGES_TUNABLE)
-  chosen = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}
-  assert memory.huge_pages_env(chosen) == chosen
-  kept = {memory.KEEP_MALLOC_ENV: "1"}
-  assert memory.huge_pages_env(kept) == kept
-  monkeypatch.setattr(memory, "_huge_pages_available", lambda: False)
-  assert memory.huge_pages_env(base) == base
-
-
-def test_reexec_with_huge_pages_restarts_once_with_the_tunable():
-  code = ("import os, sys; print('start', flush=True); from vrt_jax import memory; "
-          "memory.reexec_with_huge_pages(); print('tunables', os.environ.get('GLIBC_TUNABLES'))")
-  env = {k: v for k, v in os.environ.items()
-         if k not in ("GLIBC_TUNABLES", memory.KEEP_MALLOC_ENV)}
-  proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                        timeout=120)
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  lines = proc.stdout.splitlines()
-  expected = memory.huge_pages_env(env).get("GLIBC_TUNABLES")
-  # Restarted (the first line printed twice) exactly where the tunable applies.
-  assert lines.count("start") == (2 if expected else 1), lines
-  assert lines[-1] == f"tunables {expected}"
-
-
-def test_entry_points_keep_compiled_programs_between_runs(tmp_path):
-  # runtime.enable_compilation_cache: a second process loads the first one's program.
-  script = (
-      "import jax, jax.numpy as jnp\n"
-      "from vrt_jax import runtime\n"
-      "print(runtime.enable_compilation_cache())\n"
-      "jax.monitoring.register_event_listener(lambda name, **_: print(name))\n"
-      "jax.jit(lambda x: jnp.sin(x) @ x.T)(jnp.ones((64, 64))).block_until_ready()\n")
-  env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
-  env.update(XDG_CACHE_HOME=str(tmp_path), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PLATFORMS="cpu")
-  first = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                         text=True, check=True)
-  cache = tmp_path / "vrt-jax" / "xla"
-  hit = "/jax/compilation_cache/cache_hits"
-  assert first.stdout.splitlines()[0] == str(cache) and hit not in first.stdout
-  assert any(cache.iterdir()), "nothing was cached"
-  second = subprocess.run([sys.executable, "-c", script], env=env, check=True,
-                          capture_output=True, text=True)
-  assert hit in second.stdout
-  env[runtime.CACHE_ENV] = str(tmp_path / "elsewhere")
-  out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
-                       check=True)
-  assert out.stdout.splitlines()[0] == str(tmp_path / "elsewhere") and hit not in out.stdout

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Compiled programs are shared between the subprocesses of a test session (and later sessions):
 # a resumed run then starts in seconds instead of recompiling.
 XLA_CACHE = os.path.join(tempfile.gettempdir(), "vrt_jax_test_xla_cache")

@@ -1,6 +1,6 @@
 """Makes tests/data/grads_{sr_x4,deblur}.npz from the official PyTorch VRT (not run by the tests).
 
-  /path/to/torch/python tests/make_grad_goldens.py --ref /path/to/VRT \
+  /path/to/torch/python tests/parity/make_grad_goldens.py --ref /path/to/VRT \
       --parity ../shared/parity --out tests/data
 
 For each parity config (its weights and input): loss = sum(output * R), R standard normal with

@@ -15,7 +15,7 @@ from standins import standin_restorer, write_tiny_setup
 
 from vrt_jax import inference, metrics, presets, restore, video
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _clip(num_frames, h, w, seed=0):

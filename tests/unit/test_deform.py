@@ -1,0 +1,71 @@
+"""Modulated deformable convolution against plain convolution, shifts and finite differences."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from vrt_jax import deform
+
+N, H, W = 1, 6, 7
+# Jitted: run op by op the sampling code would take seconds per call on a busy CPU.
+modulated_deform_conv = jax.jit(deform.modulated_deform_conv, static_argnums=5)
+
+
+def _conv(x, kernel, bias):
+  groups = x.shape[-1] // kernel.shape[2]
+  y = jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)),
+                                   dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                   feature_group_count=groups,
+                                   precision=jax.lax.Precision.HIGHEST)
+  return y + bias
+
+
+def _inputs(cin=4, cout=8, groups=1, seed=0):
+  k = jax.random.split(jax.random.key(seed), 3)
+  x = jax.random.normal(k[0], (N, H, W, cin))
+  kernel = jax.random.normal(k[1], (3, 3, cin // groups, cout)) / 3
+  bias = jax.random.normal(k[2], (cout,))
+  return x, kernel, bias
+
+
+@pytest.mark.parametrize("dg,groups", [(1, 1), (2, 1), (2, 2), (4, 4)])
+def test_zero_offsets_and_unit_mask_are_a_plain_convolution(kernel_choice, dg, groups):
+  x, kernel, bias = _inputs(groups=groups)
+  out = modulated_deform_conv(x, jnp.zeros((N, H, W, dg * 18)), jnp.ones((N, H, W, dg * 9)),
+                              kernel, bias, dg)
+  np.testing.assert_allclose(out, _conv(x, kernel, bias), rtol=1e-5, atol=1e-5)
+  # The mask scales every tap: one half of it halves the convolution (bias aside).
+  half = modulated_deform_conv(x, jnp.zeros((N, H, W, dg * 18)),
+                               jnp.full((N, H, W, dg * 9), 0.5), kernel, bias, dg)
+  np.testing.assert_allclose(half - bias, (out - bias) / 2, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dy,dx", [(1, 0), (0, -2), (2, 1)])
+def test_integer_offset_is_a_shifted_convolution(kernel_choice, dy, dx):
+  x, kernel, bias = _inputs()
+  offset = jnp.tile(jnp.array([dy, dx], jnp.float32), (N, H, W, 9))  # (y, x) per tap
+  out = modulated_deform_conv(x, offset, jnp.ones((N, H, W, 9)), kernel, bias, 1)
+  # Every tap reads the input moved by (dy, dx): the convolution of the shifted input, away
+  # from the borders (where the shifted input's zero padding and the original differ).
+  shifted = jnp.roll(x, (-dy, -dx), axis=(1, 2))
+  want = _conv(shifted, kernel, bias)
+  inner = (slice(None), slice(1 + abs(dy), H - 1 - abs(dy)), slice(1 + abs(dx), W - 1 - abs(dx)))
+  np.testing.assert_allclose(out[inner], want[inner], rtol=1e-5, atol=1e-5)
+
+
+def test_gradients_match_finite_differences(kernel_choice):
+  x, kernel, bias = _inputs(cin=2, cout=4)
+  k = jax.random.split(jax.random.key(3), 2)
+  # Fractional parts in [0.2, 0.8]: finite differences of eps 1e-2 stay inside one bilinear cell.
+  offset = jnp.floor(jax.random.uniform(k[0], (N, H, W, 18), minval=-2, maxval=2)) + (
+      jax.random.uniform(k[1], (N, H, W, 18), minval=0.2, maxval=0.8))
+  mask = jax.random.uniform(k[1], (N, H, W, 9))
+
+  @jax.jit
+  def f(x, offset, mask, kernel, bias):
+    return jnp.sin(deform.modulated_deform_conv(x, offset, mask, kernel, bias, 1)).sum()
+
+  check_grads(f, (x, offset, mask, kernel, bias), order=1, modes=["rev"], eps=1e-2,
+              atol=2e-2, rtol=2e-2)
