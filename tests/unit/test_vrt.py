@@ -12,6 +12,7 @@ import pytest
 from jax.ad_checkpoint import print_saved_residuals
 
 import vrt_jax
+from vrt_jax import kernels
 from vrt_jax.tmsa import TMSA, drop_path
 from vrt_jax.vrt import VRT
 
@@ -112,7 +113,13 @@ def test_remat_blocks_match_plain_blocks_and_gradients(mut_attn):
 
 
 @pytest.mark.parametrize("checkpoint_attn", [False, True])
-def test_block_backward_recomputes_its_parts_and_keeps_their_gradient(checkpoint_attn):
+def test_block_backward_recomputes_its_parts_and_keeps_their_gradient(checkpoint_attn,
+                                                                      monkeypatch):
+  # The CPU kernels' recomputation (vrt_jax.kernels), forced: chosen per platform, the
+  # residuals of jax's trace also list the accelerator branch's (zeros that the CPU program
+  # never computes; the compiled temporaries below are the same either way).
+  monkeypatch.setenv(kernels.KERNELS_ENV, "cpu")
+  jax.clear_caches()
   x = jax.random.normal(jax.random.key(0), (1, 4, 16, 16, 8))
   block = TMSA(dim=8, num_heads=2, window_size=(2, 8, 8), shift_size=(1, 4, 4), mut_attn=True,
                mlp_ratio=4.,  # MLP hidden width 32: unique.
@@ -141,3 +148,12 @@ def test_block_backward_recomputes_its_parts_and_keeps_their_gradient(checkpoint
   assert 32 not in widths(block.apply)  # ...are recomputed, not kept.
   if checkpoint_attn:
     assert widths(block.apply) <= {8}  # Only block inputs are kept.
+
+  def temporaries():
+    grad = jax.jit(jax.grad(loss(block.apply), (0, 1)))
+    return grad.lower(v, x).compile().memory_analysis().temp_size_in_bytes
+
+  forced = temporaries()
+  monkeypatch.delenv(kernels.KERNELS_ENV)
+  jax.clear_caches()
+  assert temporaries() == forced
