@@ -71,9 +71,10 @@ def test_both_kernel_paths_and_remat_policies_give_the_same_loss_and_gradients(m
     for (path, g), w in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want),
                             strict=True):
       name = jax.tree_util.keystr(path)
-      # Float32 rounding reaches 1e-2 of the largest entry in SpyNet's gradients (it flows
-      # through the flows and the warps), as in the reference's own float32 gradients.
-      rel = 2e-2 if "spynet" in name else 1e-3
+      # Gradients that reach a parameter through sampling positions (SpyNet's flows, the
+      # deformable offsets) carry float32 rounding up to ~1e-2 of their largest entry: so do
+      # the reference's own float32 gradients against its float64 ones (tests/data/grads_*).
+      rel = 2e-2 if "spynet" in name or "conv_offset" in name else 1e-3
       np.testing.assert_allclose(g, w, atol=rel * float(np.max(np.abs(w))), rtol=0,
                                  err_msg=f"{choice}/{remat} {name}")
   jax.clear_caches()
