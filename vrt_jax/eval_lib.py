@@ -284,7 +284,7 @@ def evaluate_from_config(config: Any, *, checkpoint: str, lq: str | None, gt: st
   from vrt_jax import checkpoint as checkpoint_lib
   from vrt_jax import weights
 
-  created = _first_missing(Path(output_dir))
+  created = video.first_missing(Path(output_dir))
   try:
     model = build_model(config)
     if layout:
@@ -320,11 +320,3 @@ def evaluate_from_config(config: Any, *, checkpoint: str, lq: str | None, gt: st
   return results
 
 
-def _first_missing(path: Path) -> Path | None:
-  """The outermost of `path` and its parents that does not exist yet (None if it exists)."""
-  path = path.absolute()
-  if path.exists():
-    return None
-  while not path.parent.exists():
-    path = path.parent
-  return path

@@ -345,7 +345,7 @@ def restore_video(restorer: Restorer, input_path: str, output_path: str, *,
                         f"({', '.join(video.VIDEO_EXTENSIONS)})")
       record = run_record(restorer, reader, input_path, sigma)
       check_resume_record(output_path, record, write=False)
-    created = _first_missing(Path(output_path) if not is_video else Path(output_path).parent)
+    created = video.first_missing(Path(output_path) if not is_video else Path(output_path).parent)
     if log:
       log(f"{reader.num_frames} frames of {reader.width}x{reader.height} -> "
           f"{reader.width * s}x{reader.height * s}: {tiling}")
@@ -392,16 +392,6 @@ def restore_video(restorer: Restorer, input_path: str, output_path: str, *,
               tile_overlap=list(tile_overlap), tiling=tiling, sigma=sigma, fps=float(out_fps),
               output=writer.description, seconds=seconds,
               frames_per_second=written / seconds if seconds > 0 else 0.0)
-
-
-def _first_missing(path: Path) -> Path | None:
-  """The outermost of `path` and its parents that does not exist yet (None if it exists)."""
-  path = path.absolute()
-  if path.exists():
-    return None
-  while not path.parent.exists():
-    path = path.parent
-  return path
 
 
 def _holds_frames(path: Path) -> bool:

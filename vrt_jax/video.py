@@ -367,6 +367,17 @@ def open_video(path: str | os.PathLike) -> FrameFolderReader | VideoFileReader:
       f"input {path} must be a frame folder or a video file ({', '.join(VIDEO_EXTENSIONS)})")
 
 
+def first_missing(path: str | os.PathLike) -> Path | None:
+  """The outermost of `path` and its parents that does not exist yet (None if it exists): what
+  to remove after a failed run that created it."""
+  path = Path(path).absolute()
+  if path.exists():
+    return None
+  while not path.parent.exists():
+    path = path.parent
+  return path
+
+
 def probe_writable(folder: str | os.PathLike, what: str = "output folder") -> Path:
   """Creates `folder` and writes, syncs and deletes a small file in it, before any long work.
 
