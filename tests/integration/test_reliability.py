@@ -287,6 +287,7 @@ RESTORE_CHILD = textwrap.dedent("""\
     import os, signal, sys
     sys.path.insert(0, {repo!r})
     sys.path.insert(0, {repo!r} + "/tests")
+    sys.path.insert(0, {repo!r} + "/tests/integration")
     import test_reliability as tr
     from vrt_jax import restore, video
 
