@@ -11,9 +11,11 @@ k-th update, and update k (1-based) uses learning rate schedule(k - 1).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import threading
 import time
 from typing import Any
 
@@ -26,10 +28,14 @@ from absl import logging
 from tqdm import tqdm
 
 import vrt_jax
-from vrt_jax import checkpoint, inference, losses, metrics, optim, sharding, video
+from vrt_jax import baselines as classical
+from vrt_jax import checkpoint, figures, inference, losses, metrics, optim, sharding, video
 from vrt_jax.data import pipeline
 
 METRICS_FILE = "metrics.jsonl"
+BASELINES_FILE = "baselines.json"
+SUMMARY_FILE = "summary.json"
+CURVES_FILE = "curves.png"
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -99,6 +105,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     init_fn = init_fn.compile(options)
     sharding.sync_processes("compiled_init")
     state = init_fn(init_rng)
+    if config.get("zero_init_last", False):
+      # The output conv starts at zero, so the network starts as the identity (its residual
+      # connection) instead of adding random noise that the first steps must unlearn.
+      state["params"] = {**state["params"], "conv_last": jax.tree.map(
+          lambda a, s: jax.device_put(np.zeros(a.shape, a.dtype), s),
+          state["params"]["conv_last"], state_sharding["params"]["conv_last"])}
     if config.init_from:
       logging.info("Initialising params from %s", config.init_from)
       source = model
@@ -114,6 +126,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       state = {"step": state["step"], "params": params, "opt_state": opt_state}
   if int(state["step"]) != start:
     raise ValueError(f"Checkpoint {start} holds step {int(state['step'])}")
+  if start >= int(config.total_steps):
+    # A finished run started again: report it rather than silently doing nothing.
+    logging.info("%s already holds step %d of %d: nothing to train", workdir, start,
+                 config.total_steps)
+    manager.close()
+    if hasattr(data_iter, "close"):
+      data_iter.close()
+    done = os.path.exists(os.path.join(workdir, METRICS_FILE)) and read_metrics(workdir)
+    validated = [r for r in done or [] if "val_psnr" in r]
+    return {**(validated[-1] if validated else {}), "step": start, "already_finished": True}
 
   # ----------------------------------------------------------------- the train step
   fix_keys = tuple(config.optim.fix_keys)
@@ -154,7 +176,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # ----------------------------------------------------------------- the loop
   total = int(config.total_steps)
   metrics_log = MetricsLog(workdir, resume_step=start, enabled=is_main)
-  val_clips = None
+  val_clips, apply_fn, baseline = None, None, None
   pending: list[tuple[int, dict[str, jax.Array]]] = []  # Fetched lazily: no sync every step.
   last: dict[str, float] = {"step": start}
   last_time, last_step = time.perf_counter(), start
@@ -166,7 +188,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       batch = sharding.make_global_batch(next(data_iter), mesh)
       frozen = step - 1 < fix_iter
       if frozen not in compiled:
-        compiled[frozen] = step_fns[frozen].lower(state, batch).compile()
+        with phase(pbar, "compiling the training step"):
+          compiled[frozen] = step_fns[frozen].lower(state, batch).compile()
         sharding.sync_processes(f"compiled_step_{step}")
       state, step_metrics = compiled[frozen](state, batch)
       pending.append((step, step_metrics))
@@ -225,15 +248,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if val_clips is None:
           val_clips = pipeline.make_val_clips(config.data, num_clips=config.data.val_clips,
                                               seed=config.seed + 1)
+          apply_fn = inference.make_apply_fn(model)  # One compilation for every validation.
+          if is_main:
+            with phase(pbar, "classical baselines (tuned on training clips)"):
+              baseline = classical_baselines(config, val_clips, workdir)
         sample = os.path.join(workdir, "samples", f"step_{step:07d}.png") if is_main else None
-        val = evaluate(model, jax.device_get(state["params"]), val_clips, config,
-                       sample_path=sample)
+        with phase(pbar, "validation"):
+          val = evaluate(model, jax.device_get(state["params"]), val_clips, config,
+                         sample_path=sample, apply_fn=apply_fn, baseline=baseline,
+                         title=f"{val_clips[0]['name']}, middle frame, step {step}")
         logging.info("step %d: %s", step, val)
         sharding.sync_processes(f"validated_{step}")
         record.update({"step": step, **val})
       if record:
         metrics_log.write(record)
         last = record
+      if eval_now and is_main:
+        write_report(workdir, config, baseline, sample)
       if log_now:
         # Validation time is not training speed.
         last_time, last_step = time.perf_counter(), step
@@ -255,46 +286,212 @@ def _psnr(x: np.ndarray, y: np.ndarray) -> float:
   return metrics.psnr(metrics.to_uint8(x), metrics.to_uint8(y))
 
 
-def evaluate(model: Any, params: Any, clips: list[dict[str, Any]],
-             config: ml_collections.ConfigDict, *, sample_path: str | None = None
-             ) -> dict[str, float]:
-  """Mean per-frame PSNR (RGB) of the restored clips and, where comparable, of the inputs.
+def classical_baselines(config: ml_collections.ConfigDict, clips: list[dict[str, Any]],
+                        workdir: str | None = None) -> dict[str, Any] | None:
+  """The classical methods of the task, tuned on training clips, scored on `clips`.
 
-  clips: dicts with lq (T, h, w, Cin) and gt (T_out, H, W, 3). The input PSNR is reported for
-  same-size tasks (deblurring, denoising: the noise map is dropped). With `sample_path`, writes a
-  PNG of the middle frame of the first clip: input | output | ground truth.
+  Runs when config.eval.baselines is set and the task has classical counterparts (denoising:
+  `vrt_jax.baselines`). Each method's setting is chosen on config.eval.baseline_tune_clips clips
+  made like the validation clips but from the training data, never on `clips`. Returns
+  {'settings', 'scores' {name: {'psnr', 'ssim'}}, 'labels', 'best', 'input' {'psnr', 'ssim'},
+  'clips', 'tuned_on', 'sigma'}, cached in <workdir>/baselines.json for reruns; None when off.
   """
-  out_psnr, in_psnr = [], []
-  for i, clip in enumerate(clips):
-    out = inference.restore(model, {"params": params}, clip["lq"][None],
-                            tile=tuple(config.eval.tile),
-                            tile_overlap=tuple(config.eval.tile_overlap), progress=False)[0]
-    gt = clip["gt"]
-    out_psnr.append(np.mean([_psnr(o, g) for o, g in zip(out, gt, strict=True)]))
-    lq_rgb = clip["lq"][..., :3]
-    if lq_rgb.shape == gt.shape:
-      in_psnr.append(np.mean([_psnr(x, g) for x, g in zip(lq_rgb, gt, strict=True)]))
-    if i == 0 and sample_path is not None:
-      write_side_by_side(sample_path, lq_rgb, out, gt)
-  result = {"val_psnr": float(np.mean(out_psnr))}
-  if in_psnr:
-    result["val_psnr_input"] = float(np.mean(in_psnr))
+  if not config.eval.get("baselines", False):
+    return None
+  if config.data.degradation != "noise":
+    logging.warning("No classical baselines for degradation %r (only 'noise'); skipping them.",
+                    config.data.degradation)
+    return None
+  path = os.path.join(workdir, BASELINES_FILE) if workdir else None
+  names = [c["name"] for c in clips]
+  sigma = float(config.data.val_sigma) / 255.0
+  if path and os.path.exists(path):
+    with open(path) as f:
+      cached = json.load(f)
+    if cached.get("clips") == names and cached.get("sigma") == sigma:
+      return cached
+  tune_clips = pipeline.make_val_clips(config.data, num_clips=config.eval.baseline_tune_clips,
+                                       seed=config.seed + 2, split="train")
+  as_samples = lambda cs: [(c["lq"][..., :3], c["gt"], sigma) for c in cs]
+  settings = classical.tune(as_samples(tune_clips))
+  scores = classical.score(as_samples(clips), settings)
+  result = {
+      "sigma": sigma, "clips": names, "tuned_on": [c["name"] for c in tune_clips],
+      "settings": settings, "scores": scores, "best": classical.best(scores),
+      "labels": {n: classical.DENOISERS[n].label for n in settings},
+      "input": {"psnr": float(np.mean([classical.clip_psnr(c["lq"][..., :3], c["gt"])
+                                       for c in clips])),
+                "ssim": float(np.mean([classical.clip_ssim(c["lq"][..., :3], c["gt"])
+                                       for c in clips]))}}
+  if path:
+    with open(path, "w") as f:
+      json.dump(result, f, indent=1)
   return result
 
 
-def write_side_by_side(path: str, lq: np.ndarray, out: np.ndarray, gt: np.ndarray) -> None:
-  """PNG of the middle frame: input (nearest-upsampled to GT size) | output | ground truth."""
-  from PIL import Image
+def evaluate(model: Any, params: Any, clips: list[dict[str, Any]],
+             config: ml_collections.ConfigDict, *, sample_path: str | None = None,
+             apply_fn: Any = None, baseline: dict[str, Any] | None = None,
+             title: str = "") -> dict[str, float]:
+  """Mean per-frame PSNR / SSIM (RGB) of the restored clips, of the inputs and of the baseline.
 
+  clips: dicts with lq (T, h, w, Cin) and gt (T_out, H, W, 3). The input PSNR is reported for
+  same-size tasks (deblurring, denoising: the noise map is dropped). `apply_fn`: the compiled
+  forward pass to reuse (`inference.make_apply_fn`), so that repeated validations compile once.
+  `baseline`: a `classical_baselines` result, reported as val_psnr_baseline / val_baseline. With
+  `sample_path`, writes a labelled PNG of the middle frame of the first clip with a zoomed crop:
+  input | best classical method | VRT | ground truth.
+  """
+  apply_fn = apply_fn or inference.make_apply_fn(model)
+  out_psnr, out_ssim, in_psnr, in_ssim = [], [], [], []
+  for i, clip in enumerate(clips):
+    out = inference.restore(model, {"params": params}, clip["lq"][None],
+                            tile=tuple(config.eval.tile),
+                            tile_overlap=tuple(config.eval.tile_overlap), apply_fn=apply_fn,
+                            progress=False)[0]
+    gt = clip["gt"]
+    out_psnr.append(classical.clip_psnr(out, gt))
+    out_ssim.append(classical.clip_ssim(out, gt))
+    lq_rgb = clip["lq"][..., :3]
+    if lq_rgb.shape == gt.shape:
+      in_psnr.append(classical.clip_psnr(lq_rgb, gt))
+      in_ssim.append(classical.clip_ssim(lq_rgb, gt))
+    if i == 0 and sample_path is not None:
+      write_side_by_side(sample_path, clip, out, baseline=baseline, title=title)
+  result = {"val_psnr": float(np.mean(out_psnr)), "val_ssim": float(np.mean(out_ssim))}
+  if in_psnr:
+    result["val_psnr_input"] = float(np.mean(in_psnr))
+    result["val_ssim_input"] = float(np.mean(in_ssim))
+  if baseline is not None:
+    best = baseline["best"]
+    result.update(val_psnr_baseline=baseline["scores"][best]["psnr"],
+                  val_ssim_baseline=baseline["scores"][best]["ssim"], val_baseline=best)
+  return result
+
+
+def write_side_by_side(path: str, clip: dict[str, Any], out: np.ndarray, *,
+                       baseline: dict[str, Any] | None = None, title: str = "") -> None:
+  """PNG of the middle frame: input | best classical method (if any) | VRT | ground truth.
+
+  The input is nearest-upsampled to the GT size (SR); each label carries the frame's PSNR, and a
+  zoomed crop of the most detailed region sits under each frame.
+  """
+  gt = clip["gt"]
   t = gt.shape[0] // 2
-  lq_t = lq[min(lq.shape[0] // 2, lq.shape[0] - 1)]
+  lq = clip["lq"][..., :3]
+  lq_t = lq[min(t, lq.shape[0] - 1)]
   s = gt.shape[1] // lq_t.shape[0]
   lq_t = np.repeat(np.repeat(lq_t, s, axis=0), s, axis=1)
-  row = np.concatenate([lq_t, out[t], gt[t]], axis=1)
-  zoom = max(1, 256 // gt.shape[1])  # Small validation crops are enlarged to be looked at.
-  row = np.repeat(np.repeat(row, zoom, axis=0), zoom, axis=1)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  Image.fromarray(np.round(np.clip(row, 0, 1) * 255).astype(np.uint8)).save(path)
+  with_db = lambda name, frame: f"{name}\n{_psnr(frame, gt[t]):.2f} dB"
+  noisy = clip["lq"].shape[-1] > 3
+  panels = [(with_db(f"input (noise sigma {255 * float(clip['lq'][0, 0, 0, 3]):.0f})"
+                     if noisy else "input", lq_t), lq_t)]
+  if baseline is not None:
+    best = baseline["best"]
+    restored = classical.denoise(best, lq, baseline["sigma"], baseline["settings"][best])
+    panels.append((with_db(f"best classical: {baseline['labels'][best]}", restored[t]),
+                   restored[t]))
+  panels += [(with_db("VRT", out[t]), out[t]), ("ground truth", gt[t])]
+  figures.side_by_side(path, panels, title=title)
+
+
+def write_report(workdir: str, config: ml_collections.ConfigDict,
+                 baseline: dict[str, Any] | None, sample_path: str | None) -> dict[str, Any]:
+  """curves.png and summary.json from metrics.jsonl; returns the summary.
+
+  The summary has the last validation's table (input, each classical method, VRT; PSNR and
+  SSIM) and the paths of the figures; `summary_text` formats it.
+  """
+  records = read_metrics(workdir)
+  val = [r for r in records if "val_psnr" in r]
+  if not val:
+    return {}
+  last = val[-1]
+  best = baseline["best"] if baseline else None
+  curves = figures.training_curves(
+      os.path.join(workdir, CURVES_FILE), records,
+      baseline_psnr=baseline["scores"][best]["psnr"] if baseline else None,
+      baseline_label=baseline["labels"][best] if baseline else "",
+      title=f"VRT, {config.data.degradation} task: {os.path.basename(workdir)}")
+  rows = []
+  if "val_psnr_input" in last:
+    rows.append({"method": "input", "psnr": last["val_psnr_input"],
+                 "ssim": last["val_ssim_input"]})
+  if baseline:
+    for name, sc in baseline["scores"].items():
+      rows.append({"method": baseline["labels"][name], "psnr": sc["psnr"], "ssim": sc["ssim"],
+                   "best_classical": name == best})
+  rows.append({"method": f"VRT (step {last['step']})", "psnr": last["val_psnr"],
+               "ssim": last["val_ssim"]})
+  summary = {"step": last["step"], "total_steps": int(config.total_steps), "rows": rows,
+             "clips": len(baseline["clips"]) if baseline else int(config.data.val_clips),
+             "sample": sample_path, "curves": curves, "val_psnr": last["val_psnr"],
+             "val_psnr_input": last.get("val_psnr_input"),
+             "val_psnr_baseline": last.get("val_psnr_baseline"),
+             "val_baseline": baseline["labels"][best] if baseline else None}
+  tmp = os.path.join(workdir, SUMMARY_FILE + ".tmp")
+  with open(tmp, "w") as f:
+    json.dump(summary, f, indent=1)
+  os.replace(tmp, os.path.join(workdir, SUMMARY_FILE))
+  return summary
+
+
+def summary_text(summary: dict[str, Any]) -> str:
+  """The summary as a small table, the margin over the best classical method and the figures."""
+  lines = [f"Held-out validation clips ({summary['clips']}), step {summary['step']} of "
+           f"{summary['total_steps']}:",
+           f"  {'method':34s} {'PSNR (dB)':>9s} {'SSIM':>7s}"]
+  for row in summary["rows"]:
+    mark = "  <- best classical" if row.get("best_classical") else ""
+    lines.append(f"  {row['method']:34s} {row['psnr']:9.2f} {row['ssim']:7.4f}{mark}")
+  line = f"Validation PSNR at step {summary['step']}: output {summary['val_psnr']:.2f} dB"
+  if summary.get("val_psnr_input") is not None:
+    line += f", input {summary['val_psnr_input']:.2f} dB"
+  if summary.get("val_psnr_baseline") is not None:
+    margin = summary["val_psnr"] - summary["val_psnr_baseline"]
+    line += (f", best classical ({summary['val_baseline']}) {summary['val_psnr_baseline']:.2f}"
+             f" dB: VRT {margin:+.2f} dB")
+  lines.append(line)
+  if summary.get("sample"):
+    lines.append(f"Side by side: {summary['sample']}")
+  lines.append(f"Curves: {summary['curves']}")
+  return "\n".join(lines)
+
+
+def read_summary(workdir: str) -> dict[str, Any] | None:
+  """<workdir>/summary.json, written at each validation; None if there is none yet."""
+  path = os.path.join(workdir, SUMMARY_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+@contextlib.contextmanager
+def phase(pbar: tqdm, what: str):
+  """Shows `what` and its running time on the progress bar while a blocking call runs.
+
+  A compile or a validation takes tens of seconds without advancing the bar; the label says what
+  the run is doing instead of looking frozen, and a line with the time is printed at the end.
+  """
+  start, label = time.perf_counter(), pbar.desc
+  done = threading.Event()
+
+  def tick():
+    while not done.wait(1.0):
+      pbar.set_description_str(f"{what} ({time.perf_counter() - start:.0f} s)")
+
+  pbar.set_description_str(what)
+  thread = threading.Thread(target=tick, daemon=True)
+  thread.start()
+  try:
+    yield
+  finally:
+    done.set()
+    thread.join()
+    pbar.set_description_str(label)
+    if not pbar.disable:
+      pbar.write(f"{what}: {time.perf_counter() - start:.0f} s")
 
 
 # --------------------------------------------------------------------- logging
