@@ -95,15 +95,15 @@ def _nlm_st(clip: Clip, sigma: float, h: float) -> Clip:
 DENOISERS: dict[str, Method] = {m.name: m for m in (
     Method("gaussian", "Gaussian", _gaussian, (0.5, 0.75, 1.0, 1.5, 2.0)),
     Method("median", "median", _median, (3, 5, 7)),
-    Method("tv", "total variation", _tv, (1.0, 1.5, 2.0, 3.0)),
+    Method("tv", "total variation", _tv, (0.4, 0.6, 0.8, 1.0, 1.5, 2.0)),
     Method("wavelet", "wavelet", _wavelet,
            tuple((m, w) for m in ("BayesShrink", "VisuShrink") for w in ("db1", "db2", "sym4"))),
-    Method("nlm", "non-local means", _nlm, (0.4, 0.6, 0.8, 1.0)),
+    Method("nlm", "non-local means", _nlm, (0.2, 0.3, 0.4, 0.6, 0.8)),
     Method("gaussian_st", "Gaussian, space-time", _gaussian_st,
            tuple((t, s) for t in (0.5, 1.0, 2.0) for s in (0.75, 1.0, 1.5))),
     Method("median_st", "median, space-time", _median_st, ((3, 3), (3, 5), (5, 3), (5, 5))),
-    Method("tv_st", "total variation, space-time", _tv_st, (1.0, 1.5, 2.0, 3.0)),
-    Method("nlm_st", "non-local means, space-time", _nlm_st, (0.3, 0.4, 0.5, 0.6, 0.7)),
+    Method("tv_st", "total variation, space-time", _tv_st, (0.4, 0.6, 0.8, 1.0, 1.5, 2.0)),
+    Method("nlm_st", "non-local means, space-time", _nlm_st, (0.15, 0.2, 0.25, 0.3, 0.4, 0.5)),
 )}
 
 

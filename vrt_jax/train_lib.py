@@ -305,10 +305,13 @@ def classical_baselines(config: ml_collections.ConfigDict, clips: list[dict[str,
   path = os.path.join(workdir, BASELINES_FILE) if workdir else None
   names = [c["name"] for c in clips]
   sigma = float(config.data.val_sigma) / 255.0
+  # Settings as JSON writes them: a cached result is reused only for the same grids.
+  grids = json.loads(json.dumps({n: m.grid for n, m in classical.DENOISERS.items()}))
   if path and os.path.exists(path):
     with open(path) as f:
       cached = json.load(f)
-    if cached.get("clips") == names and cached.get("sigma") == sigma:
+    if (cached.get("clips") == names and cached.get("sigma") == sigma
+        and cached.get("grids") == grids):
       return cached
   tune_clips = pipeline.make_val_clips(config.data, num_clips=config.eval.baseline_tune_clips,
                                        seed=config.seed + 2, split="train")
@@ -316,7 +319,7 @@ def classical_baselines(config: ml_collections.ConfigDict, clips: list[dict[str,
   settings = classical.tune(as_samples(tune_clips))
   scores = classical.score(as_samples(clips), settings)
   result = {
-      "sigma": sigma, "clips": names, "tuned_on": [c["name"] for c in tune_clips],
+      "sigma": sigma, "clips": names, "tuned_on": [c["name"] for c in tune_clips], "grids": grids,
       "settings": settings, "scores": scores, "best": classical.best(scores),
       "labels": {n: classical.DENOISERS[n].label for n in settings},
       "input": {"psnr": float(np.mean([classical.clip_psnr(c["lq"][..., :3], c["gt"])
@@ -539,7 +542,7 @@ class MetricsLog:
     self.file.flush()
     if self.tb is not None:
       for k, v in record.items():
-        if k != "step":
+        if k != "step" and isinstance(v, int | float):  # Not names such as val_baseline.
           self.tb.add_scalar(k, v, record["step"])
       self.tb.flush()
 
