@@ -139,8 +139,9 @@ def worker(args: argparse.Namespace) -> None:
     mesh = Mesh(devices, (sharding.DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
     model = vrt_jax.VRT(**config.model.to_dict())
     tx, _ = optim.make_optimizer(config.optim)
-    step = train_step.jit_train_step(model, tx, config, mesh, jax.random.key(0), frozen=False)
     state = train_step.abstract_state(model, tx, mesh)
+    step = train_step.jit_train_step(model, tx, config, mesh, jax.random.key(0), frozen=False,
+                                     state_sharding=jax.tree.map(lambda a: a.sharding, state))
     batch = {k: jax.ShapeDtypeStruct(s, jnp.float32, sharding=sharding.batch_sharding(mesh))
              for k, s in pipeline.batch_shapes(config.data, config.batch_size).items()}
     result.update(name=os.path.basename(args.config) + "".join(f" {s}" for s in args.set),

@@ -108,7 +108,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   # ----------------------------------------------------------------- the train step
   step_fns = {frozen: train_step.jit_train_step(model, tx, config, mesh, dropout_rng,
-                                                frozen=frozen)
+                                                frozen=frozen, state_sharding=state_sharding)
               for frozen in (True, False)}
   compiled: dict[bool, Any] = {}  # Compiled ahead of their first run: see sync_processes.
 

@@ -65,23 +65,23 @@ def train_step(state: State, batch: dict[str, jax.Array], *, model: Any,
 
 def state_shardings(model: Any, tx: optax.GradientTransformation, mesh: Mesh) -> Any:
   """The state's shardings (replicated: data parallelism), as a tree like the state."""
-  shapes = jax.eval_shape(functools.partial(init_state, model, tx), jax.random.key(0))
-  return jax.tree.map(lambda _: sharding.replicated(mesh), shapes)
+  return jax.tree.map(lambda a: a.sharding, abstract_state(model, tx, mesh))
 
 
 def abstract_state(model: Any, tx: optax.GradientTransformation, mesh: Mesh) -> Any:
   """The state as jax.ShapeDtypeStructs with their shardings (for restoring and AOT compiles)."""
   shapes = jax.eval_shape(functools.partial(init_state, model, tx), jax.random.key(0))
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes,
-                      state_shardings(model, tx, mesh))
+  replicated = sharding.replicated(mesh)
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
+                      shapes)
 
 
 def jit_train_step(model: Any, tx: optax.GradientTransformation,
                    config: ml_collections.ConfigDict, mesh: Mesh, dropout_rng: jax.Array, *,
-                   frozen: bool) -> Callable[..., Any]:
+                   frozen: bool, state_sharding: Any = None) -> Callable[..., Any]:
   """`train_step` for `config`, jitted as train.py runs it: state donated, batch split over
-  the mesh's data axis, state replicated."""
-  state_sh = state_shardings(model, tx, mesh)
+  the mesh's data axis, state replicated (`state_sharding`, if the caller has it already)."""
+  state_sh = state_shardings(model, tx, mesh) if state_sharding is None else state_sharding
   step = functools.partial(
       train_step, model=model, tx=tx, dropout_rng=dropout_rng, loss_eps=config.loss_eps,
       fix_keys=tuple(config.optim.fix_keys), frozen=frozen,
