@@ -6,6 +6,7 @@ are checked against an independent encoding, not against themselves.
 """
 
 import fractions
+import re
 
 import av
 import cv2
@@ -247,8 +248,8 @@ def test_16_bit_png_round_trip_is_exact(tmp_path):
     ("frames", dict(pix_fmt="yuv420p10le"), "are for video outputs"),
     ("out.webm", {}, "cannot hold the input's aac audio"),  # WebM takes Opus/Vorbis only.
 ])
-def test_unwritable_output_fails_before_the_model_is_loaded(tmp_path, monkeypatch, output,
-                                                            options, match):
+def test_unwritable_output_fails_before_the_model_is_loaded(tmp_path, monkeypatch, capsys,
+                                                            output, options, match):
   img, _ = patches(64, 128)
   make_video(tmp_path / "in.mp4", img[None])
 
@@ -259,8 +260,11 @@ def test_unwritable_output_fails_before_the_model_is_loaded(tmp_path, monkeypatc
   argv = [str(tmp_path / "in.mp4"), str(tmp_path / output), "--weights", "unused"]
   for key, value in options.items():
     argv += [f"--{key}", str(value)]
-  with pytest.raises(ValueError, match=match):
+  # The CLI reports a user error in two lines on stderr and exits with status 2.
+  with pytest.raises(SystemExit) as exit_info:
     restore.main(argv)
+  assert exit_info.value.code == 2
+  assert re.search(match, capsys.readouterr().err)
   # Same through the library: the writer is set up before any tile is restored.
   monkeypatch.setattr(restore.inference, "restore_stream", must_not_run)
   with pytest.raises(ValueError, match=match):
