@@ -6,8 +6,13 @@ Not a config itself: the task files call `recipe(...)` and set their data and mo
 from __future__ import annotations
 
 import ml_collections
+from ml_collections import config_dict
 
 from vrt_jax import presets
+from vrt_jax.data import pipeline
+
+_DERIVED_TYPES = dict(scale=int, reverse=bool, color_jitter=bool, val_frames=int,
+                      exclude_clips=tuple)
 
 
 def recipe(preset: str | None, *, task: str, scale: int) -> ml_collections.ConfigDict:
@@ -50,11 +55,12 @@ def recipe(preset: str | None, *, task: str, scale: int) -> ml_collections.Confi
       tile=tuple(presets.TEST_SETTINGS[preset]["tile"]) if preset else (0, 0, 0),
       tile_overlap=tuple(presets.TEST_SETTINGS[preset]["tile_overlap"]) if preset else (0, 0, 0)))
 
-  config.data = ml_collections.ConfigDict(dict(
-      source="folders", layout="", gt_root="", lq_root="", tfds_data_dir="",
-      val_gt_root="", val_lq_root="", val_sigma=30.0,
-      degradation="none", num_frames=6, gt_patch=192, scale=scale,
-      sigma_range=(0.0, 0.0), flip=True, rotate=True, reverse=False,
-      num_workers=4, synthetic_clips=0, val_clips=4, val_frames=6, val_size=256,
-      skip_bad_samples=False))  # True: log and replace samples with unreadable images.
+  # Every data option, at the library's default (pipeline.DATA_DEFAULTS: the one place they are
+  # written, with what each means; None = derived from the others), then the recipe's own values.
+  data = {**pipeline.DATA_DEFAULTS, **dict(
+      source="folders", layout="", degradation="none", gt_patch=192, scale=scale,
+      sigma_range=(0.0, 0.0), num_workers=4, synthetic_clips=0, val_clips=4, val_size=256)}
+  # A typed placeholder keeps a derived option settable from the command line.
+  config.data = ml_collections.ConfigDict({
+      k: config_dict.placeholder(_DERIVED_TYPES[k]) if v is None else v for k, v in data.items()})
   return config

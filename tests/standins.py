@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 import vrt_jax
-from vrt_jax import checkpoint, presets, restore
+from vrt_jax import checkpoint, presets, restore_lib
 
 TINY_CONFIG = textwrap.dedent("""\
     import ml_collections
@@ -61,10 +61,10 @@ def standin_variables(model: Residual, seed: int = 0):
   return model.init(jax.random.key(seed), jnp.zeros((1, 4, 16, 16, c)))
 
 
-def standin_restorer(seed: int = 0, **fields) -> restore.Restorer:
+def standin_restorer(seed: int = 0, **fields) -> restore_lib.Restorer:
   model = Residual(**fields)
   kwargs = dict(window_size=model.window_size, num_heads=[2], embed_dims=[16], upscale=1)
-  return restore.Restorer(model, standin_variables(model, seed), kwargs, None)
+  return restore_lib.Restorer(model, standin_variables(model, seed), kwargs, None)
 
 
 def write_tiny_setup(directory):
@@ -77,7 +77,7 @@ def write_tiny_setup(directory):
   return directory / "tiny_config.py", directory / "weights"
 
 
-def identity_restorer() -> restore.Restorer:
+def identity_restorer() -> restore_lib.Restorer:
   """`standin_restorer` with zero weights: restores every clip to itself (y = x exactly)."""
   r = standin_restorer()
   return dataclasses.replace(r, variables=jax.tree_util.tree_map(jnp.zeros_like, r.variables))

@@ -4,10 +4,10 @@
     restorer = vrt_jax.load("006_VRT_videodeblurring_GoPro")  # or a .pth, folder, workdir
     sharp = restorer(frames)          # (T, H, W, 3) or (B, T, H, W, 3), uint8 or float in [0, 1]
 
-`load` resolves the weights as `vrt-restore --weights` does (`restore.load_restorer`: a released
+`load` resolves the weights as `vrt-restore --weights` does (`restore_lib.load_restorer`: a released
 model name is downloaded, verified and converted once); calling the restorer runs the official
 tiled test procedure (`inference.restore`) with the official tile of the model (or
-`restore.choose_tiling`'s default), on the fast path: one ahead-of-time compilation per tile
+`restore_lib.choose_tiling`'s default), on the fast path: one ahead-of-time compilation per tile
 shape (`memory.CompiledPerShape`), kept across calls.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from vrt_jax import inference, metrics, restore
+from vrt_jax import inference, metrics, restore_lib
 
 
 class VideoRestorer:
@@ -28,7 +28,7 @@ class VideoRestorer:
   scale, last_tiling (how the last call was tiled, one line).
   """
 
-  def __init__(self, loaded: restore.Restorer, *, tile: Sequence[int] | None = None,
+  def __init__(self, loaded: restore_lib.Restorer, *, tile: Sequence[int] | None = None,
                tile_overlap: Sequence[int] | None = None, fast: bool = True):
     self._loaded = loaded
     self.model = loaded.model
@@ -61,7 +61,7 @@ class VideoRestorer:
       sigma: the input's noise level on the 0-255 scale, for a non-blind denoiser (default: what
         the weights' source says, e.g. a training workdir's validation noise level).
       tile, tile_overlap: (T, H, W), 0 = whole dimension; default: as given to `load`, else the
-        model's official tiling (restore.choose_tiling).
+        model's official tiling (restore_lib.choose_tiling).
       progress: show a progress bar of tiles.
 
     Returns:
@@ -82,14 +82,14 @@ class VideoRestorer:
     x = x.astype(np.float32)
     if x.shape[-1] != self.model.in_chans:
       raise ValueError(f"frames must have {self.model.in_chans} channels; got {x.shape[-1]}")
-    level = restore.noise_level(self._loaded, sigma)
+    level = restore_lib.noise_level(self._loaded, sigma)
     if level:
       x = np.concatenate([x, np.full(x.shape[:-1] + (1,), level / 255, np.float32)], axis=-1)
     elif sigma:
       raise ValueError("sigma is only for non-blind denoising models; this one takes no noise "
                        "level")
     _, t, h, w, _ = x.shape
-    tile, tile_overlap = restore.choose_tiling(
+    tile, tile_overlap = restore_lib.choose_tiling(
         self._loaded.model_kwargs, t, h, w, budget_bytes=None,
         tile=tile or self.tile, tile_overlap=tile_overlap or self.tile_overlap,
         preset=self.preset)
@@ -117,6 +117,6 @@ def load(weights: str, *, preset: str | None = None, config: str | None = None,
   from vrt_jax import runtime
 
   with runtime.quiet_logs_while():  # Orbax's INFO lines (and a harmless warning) per read.
-    loaded = restore.load_restorer(preset=preset, weights=str(weights), config=config,
+    loaded = restore_lib.load_restorer(preset=preset, weights=str(weights), config=config,
                                    progress=progress)
   return VideoRestorer(loaded, tile=tile, tile_overlap=tile_overlap, fast=fast)

@@ -122,14 +122,21 @@ def _check_pair(clip: testsets.TestClip, num_out: int, scale: int) -> None:
 
 
 def save_comparison(path: str | os.PathLike, lq: np.ndarray, out: np.ndarray,
-                    gt: np.ndarray | None) -> None:
-  """PNG of input (nearest-upsampled to the output size) | output | ground truth, side by side."""
+                    gt: np.ndarray | None, *, min_height: int = 0) -> None:
+  """PNG of input (nearest-upsampled to the output size) | output | ground truth, side by side.
+
+  min_height: frames lower than this are enlarged (nearest, by a whole factor) to be looked at;
+  0 keeps the output's size.
+  """
   lq = np.clip(lq[..., :3], 0, 1)  # Drop a noise-map channel; noisy inputs exceed [0, 1].
   s_h, s_w = out.shape[0] // lq.shape[0], out.shape[1] // lq.shape[1]
   panels = [lq.repeat(s_h, axis=0).repeat(s_w, axis=1), out]
   if gt is not None:
     panels.append(gt)
-  Image.fromarray(metrics.to_uint8(np.concatenate(panels, axis=1))).save(path)
+  row = np.concatenate(panels, axis=1)
+  zoom = max(1, min_height // row.shape[0])
+  Path(path).parent.mkdir(parents=True, exist_ok=True)
+  Image.fromarray(metrics.to_uint8(row.repeat(zoom, axis=0).repeat(zoom, axis=1))).save(path)
 
 
 def input_baseline(clip: testsets.TestClip, scale: int) -> np.ndarray | None:
@@ -163,7 +170,8 @@ def with_noise_map(clip: testsets.TestClip, in_channels: int, sigma: float) -> t
 def evaluate(model: Any, variables: Any, testset: Iterable[testsets.TestClip], *,
              tile: Sequence[int], tile_overlap: Sequence[int], output_dir: str | None = None,
              save_images: bool = False, apply_fn: inference.ApplyFn | None = None,
-             sigma: float = 0, log=print) -> dict[str, Any]:
+             sigma: float = 0, comparison_path: str | os.PathLike | None = None,
+             comparison_min_height: int = 0, log=print) -> dict[str, Any]:
   """Restores every clip, scores the frames named by `out_index`, averages per clip then overall.
 
   sigma: the noise level (0-255) of a paired denoising set's inputs, for a non-blind denoiser:
@@ -171,8 +179,11 @@ def evaluate(model: Any, variables: Any, testset: Iterable[testsets.TestClip], *
   Returns {"clips": [{"name", "frames", psnr, ssim, psnr_y, ssim_y, input_psnr}], "average":
   {...}}; input_psnr scores the input itself (`input_baseline`); clips without GT have no
   metrics. With `output_dir`, writes `comparison.png` (the middle scored frame of the first clip,
-  input | output | ground truth at the output's full size) and, with `save_images`,
-  `<output_dir>/<clip>/<frame>.png`.
+  input | output | ground truth at the output's full size: `save_comparison`) and, with
+  `save_images`, `<output_dir>/<clip>/<frame>.png`. comparison_path: the comparison's file
+  instead (with or without `output_dir`); comparison_min_height: see `save_comparison`.
+  apply_fn: the compiled forward pass (`inference.make_apply_fn`); pass the same one to every
+  call (e.g. each validation of a training run) so that it compiles once.
   """
   spec = inference.ModelSpec.from_model(model)
   apply_fn = apply_fn or inference.make_apply_fn(model)
@@ -211,12 +222,12 @@ def evaluate(model: Any, variables: Any, testset: Iterable[testsets.TestClip], *
       clip_dir.mkdir(parents=True, exist_ok=True)
       for name, frame in zip(clip.frame_names, scored, strict=True):
         video.write_image(clip_dir / f"{name}.png", frame)
-    if output_dir and i == 0:
-      Path(output_dir).mkdir(parents=True, exist_ok=True)
+    if i == 0 and (comparison_path or output_dir):
       mid = len(clip.out_index) // 2
       lq_frame = clip.lq[min(clip.out_index[mid], clip.lq.shape[0] - 1)]
-      save_comparison(Path(output_dir) / "comparison.png", lq_frame, scored[mid],
-                      None if clip.gt is None else clip.gt[mid])
+      save_comparison(comparison_path or Path(output_dir) / "comparison.png", lq_frame,
+                      scored[mid], None if clip.gt is None else clip.gt[mid],
+                      min_height=comparison_min_height)
   if not rows:
     raise ValueError("the test set has no clips")
   scored_rows = [r for r in rows if "psnr" in r]

@@ -53,10 +53,10 @@ def model_from_args(*, preset: str | None, weights: str | None, config: str | No
   `model_config.json` of an exported weights directory (the weights are loaded separately, with
   `checkpoint.load_params(weights, model)`)."""
   import vrt_jax
-  from vrt_jax import checkpoint, restore
+  from vrt_jax import checkpoint, restore_lib
 
   if config:
-    cfg = restore.load_config(config)
+    cfg = restore_lib.load_config(config)
     kwargs, preset = cfg.model.to_dict(), preset or cfg.get("preset")
   elif preset:
     kwargs = presets.get_preset(preset)

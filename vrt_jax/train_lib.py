@@ -24,8 +24,8 @@ from absl import logging
 from tqdm import tqdm
 
 import vrt_jax
-from vrt_jax import checkpoint, inference, metrics, optim, sharding, train_step, video
-from vrt_jax.data import pipeline
+from vrt_jax import checkpoint, eval_lib, inference, optim, sharding, train_step, video
+from vrt_jax.data import pipeline, testsets
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -34,7 +34,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """Trains (or resumes training in `workdir`) and returns the last logged metrics."""
   workdir = os.path.abspath(workdir)
   is_main = jax.process_index() == 0
-  nan_policy = config.get("nan_policy", "stop")
+  nan_policy = config.nan_policy
   if nan_policy not in ("stop", "skip"):
     raise ValueError(f"config.nan_policy must be 'stop' or 'skip', got {nan_policy!r}")
   if is_main:
@@ -72,7 +72,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       break
     except checkpoint.CorruptCheckpointError as e:
       earlier = [s for s in manager.all_steps() if s < start]
-      if not config.get("resume_fallback", False):
+      if not config.resume_fallback:
         raise checkpoint.CorruptCheckpointError(
             f"{e}\nNot resuming. Earlier checkpoints: steps {sorted(earlier)}. Rerun with "
             "--config.resume_fallback=True to set this one aside (renamed to <step>.corrupt) "
@@ -155,7 +155,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           continue
         what = (f"loss {float(m['loss'])}, gradient norm {float(m['grad_norm'])} at step {s}")
         bad_run += 1
-        if nan_policy == "skip" and bad_run <= config.get("max_nan_skips", 10):
+        if nan_policy == "skip" and bad_run <= config.max_nan_skips:
           logging.warning("Non-finite %s: update skipped (nan_policy 'skip')", what)
           skipped.append(s)
           continue
@@ -192,9 +192,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if val_clips is None:
           val_clips = pipeline.make_val_clips(config.data, num_clips=config.data.val_clips,
                                               seed=config.seed + 1)
+          val_apply = inference.make_apply_fn(model)  # One compilation for every validation.
         sample = os.path.join(workdir, "samples", f"step_{step:07d}.png") if is_main else None
-        val = evaluate(model, jax.device_get(state["params"]), val_clips, config,
-                       sample_path=sample)
+        val = validate(model, jax.device_get(state["params"]), val_clips, config,
+                       apply_fn=val_apply, sample_path=sample)
         logging.info("step %d: %s", step, val)
         sharding.sync_processes(f"validated_{step}")
         record.update({"step": step, **val})
@@ -217,51 +218,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 # --------------------------------------------------------------------- validation
 
 
-def _psnr(x: np.ndarray, y: np.ndarray) -> float:
-  """RGB PSNR of two [0, 1] frames after clamping and rounding to 8 bits (the VRT test)."""
-  return metrics.psnr(metrics.to_uint8(x), metrics.to_uint8(y))
+def validate(model: Any, params: Any, clips: list[dict[str, Any]],
+             config: ml_collections.ConfigDict, *, apply_fn: inference.ApplyFn | None = None,
+             sample_path: str | None = None) -> dict[str, float]:
+  """Scores the held-out clips as eval.py scores a test set (`eval_lib.evaluate`).
 
-
-def evaluate(model: Any, params: Any, clips: list[dict[str, Any]],
-             config: ml_collections.ConfigDict, *, sample_path: str | None = None
-             ) -> dict[str, float]:
-  """Mean per-frame PSNR (RGB) of the restored clips and, where comparable, of the inputs.
-
-  clips: dicts with lq (T, h, w, Cin) and gt (T_out, H, W, 3). The input PSNR is reported for
-  same-size tasks (deblurring, denoising: the noise map is dropped). With `sample_path`, writes a
-  PNG of the middle frame of the first clip: input | output | ground truth.
+  clips: dicts with lq (T, h, w, Cin), gt (T_out, H, W, 3) and name (`pipeline.make_val_clips`).
+  Returns val_psnr and val_ssim (RGB, per frame, averaged per clip then over clips) and, where an
+  input frame stands for each output (not frame interpolation), val_psnr_input: the input's PSNR,
+  bicubic-upscaled for super-resolution. With `sample_path`, writes the first clip's middle
+  frame there: input | output | ground truth, small crops enlarged. Pass the same `apply_fn` to
+  every validation of a run so the forward pass compiles once.
   """
-  out_psnr, in_psnr = [], []
-  for i, clip in enumerate(clips):
-    out = inference.restore(model, {"params": params}, clip["lq"][None],
-                            tile=tuple(config.eval.tile),
-                            tile_overlap=tuple(config.eval.tile_overlap), progress=False)[0]
-    gt = clip["gt"]
-    out_psnr.append(np.mean([_psnr(o, g) for o, g in zip(out, gt, strict=True)]))
-    lq_rgb = clip["lq"][..., :3]
-    if lq_rgb.shape == gt.shape:
-      in_psnr.append(np.mean([_psnr(x, g) for x, g in zip(lq_rgb, gt, strict=True)]))
-    if i == 0 and sample_path is not None:
-      write_side_by_side(sample_path, lq_rgb, out, gt)
-  result = {"val_psnr": float(np.mean(out_psnr))}
-  if in_psnr:
-    result["val_psnr_input"] = float(np.mean(in_psnr))
-  return result
-
-
-def write_side_by_side(path: str, lq: np.ndarray, out: np.ndarray, gt: np.ndarray) -> None:
-  """PNG of the middle frame: input (nearest-upsampled to GT size) | output | ground truth."""
-  from PIL import Image
-
-  t = gt.shape[0] // 2
-  lq_t = lq[min(lq.shape[0] // 2, lq.shape[0] - 1)]
-  s = gt.shape[1] // lq_t.shape[0]
-  lq_t = np.repeat(np.repeat(lq_t, s, axis=0), s, axis=1)
-  row = np.concatenate([lq_t, out[t], gt[t]], axis=1)
-  zoom = max(1, 256 // gt.shape[1])  # Small validation crops are enlarged to be looked at.
-  row = np.repeat(np.repeat(row, zoom, axis=0), zoom, axis=1)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  Image.fromarray(np.round(np.clip(row, 0, 1) * 255).astype(np.uint8)).save(path)
+  testset = [testsets.TestClip(c.get("name", f"clip{i}"), c["lq"], c["gt"],
+                               list(range(len(c["gt"]))), [f"{t:08d}" for t in range(len(c["gt"]))])
+             for i, c in enumerate(clips)]
+  results = eval_lib.evaluate(model, {"params": params}, testset, tile=tuple(config.eval.tile),
+                              tile_overlap=tuple(config.eval.tile_overlap), apply_fn=apply_fn,
+                              comparison_path=sample_path, comparison_min_height=256,
+                              log=logging.info)
+  average = results["average"]
+  out = {"val_psnr": average["psnr"], "val_ssim": average["ssim"]}
+  if "input_psnr" in average:
+    out["val_psnr_input"] = average["input_psnr"]
+  return out
 
 
 # --------------------------------------------------------------------- logging

@@ -85,6 +85,6 @@ def jit_train_step(model: Any, tx: optax.GradientTransformation,
   step = functools.partial(
       train_step, model=model, tx=tx, dropout_rng=dropout_rng, loss_eps=config.loss_eps,
       fix_keys=tuple(config.optim.fix_keys), frozen=frozen,
-      nan_policy=config.get("nan_policy", "stop"))
+      nan_policy=config.nan_policy)
   return jax.jit(step, in_shardings=(state_sh, sharding.batch_sharding(mesh)),
                  out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=0)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from standins import standin_restorer, write_tiny_setup
 
-from vrt_jax import inference, metrics, presets, restore, video
+from vrt_jax import inference, metrics, presets, restore_lib, video
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -50,7 +50,7 @@ def test_frame_folder_resume_recomputes_only_missing_chunks(tmp_path):
   video.write_video(tmp_path / "in", clip)
   r = standin_restorer()
   kw = dict(tile=(4, 16, 16), tile_overlap=(1, 4, 4), progress=False)
-  first = restore.restore_video(r, str(tmp_path / "in"), str(tmp_path / "out"), **kw)
+  first = restore_lib.restore_video(r, str(tmp_path / "in"), str(tmp_path / "out"), **kw)
   assert first["written"] == 11 and first["skipped"] == 0
   full = video.read_images(video.list_frames(tmp_path / "out"))
   assert full.shape == (11, 24, 40, 3)
@@ -63,7 +63,7 @@ def test_frame_folder_resume_recomputes_only_missing_chunks(tmp_path):
   for t in (9, 10):
     (tmp_path / "out" / f"{t:08d}.png").unlink()
   mtime = (tmp_path / "out" / "00000000.png").stat().st_mtime_ns
-  second = restore.restore_video(r, str(tmp_path / "in"), str(tmp_path / "out"), **kw)
+  second = restore_lib.restore_video(r, str(tmp_path / "in"), str(tmp_path / "out"), **kw)
   assert second["written"] == 2 and second["skipped"] == 9
   assert (tmp_path / "out" / "00000000.png").stat().st_mtime_ns == mtime
   np.testing.assert_array_equal(video.read_images(video.list_frames(tmp_path / "out")), full)
@@ -73,9 +73,9 @@ def test_denoising_needs_sigma_and_appends_noise_map(tmp_path):
   video.write_video(tmp_path / "in", _clip(4, 16, 16))
   r = standin_restorer(nonblind_denoising=True)
   with pytest.raises(ValueError, match="--sigma"):
-    restore.restore_video(r, str(tmp_path / "in"), str(tmp_path / "out"), tile=(4, 16, 16),
+    restore_lib.restore_video(r, str(tmp_path / "in"), str(tmp_path / "out"), tile=(4, 16, 16),
                           progress=False)
-  summary = restore.restore_video(r, str(tmp_path / "in"), str(tmp_path / "out"), sigma=20,
+  summary = restore_lib.restore_video(r, str(tmp_path / "in"), str(tmp_path / "out"), sigma=20,
                                   tile=(4, 16, 16), progress=False)
   assert summary["written"] == 4
 
@@ -84,44 +84,44 @@ def test_bad_inputs_raise(tmp_path):
   r = standin_restorer()
   (tmp_path / "fake.mp4").write_bytes(b"this is not a video")
   with pytest.raises(ValueError, match="not a readable video"):
-    restore.restore_video(r, str(tmp_path / "fake.mp4"), str(tmp_path / "o"), progress=False)
+    restore_lib.restore_video(r, str(tmp_path / "fake.mp4"), str(tmp_path / "o"), progress=False)
   with pytest.raises(ValueError, match="does not exist"):
-    restore.restore_video(r, str(tmp_path / "missing.mp4"), str(tmp_path / "o"), progress=False)
+    restore_lib.restore_video(r, str(tmp_path / "missing.mp4"), str(tmp_path / "o"), progress=False)
   with pytest.raises(ValueError, match="frame folder or a video file"):
-    restore.restore_video(r, str(tmp_path / "x.txt"), str(tmp_path / "o"), progress=False)
+    restore_lib.restore_video(r, str(tmp_path / "x.txt"), str(tmp_path / "o"), progress=False)
   (tmp_path / "mixed").mkdir()
   video.write_image(tmp_path / "mixed" / "0.png", np.zeros((16, 16, 3), np.float32))
   video.write_image(tmp_path / "mixed" / "1.png", np.zeros((16, 24, 3), np.float32))
   with pytest.raises(ValueError, match="same size"):
-    restore.restore_video(r, str(tmp_path / "mixed"), str(tmp_path / "o"), tile=(2, 16, 16),
+    restore_lib.restore_video(r, str(tmp_path / "mixed"), str(tmp_path / "o"), tile=(2, 16, 16),
                           progress=False)
   with pytest.raises(ValueError, match="--preset"):
-    restore.load_restorer(preset=None, weights="w")
+    restore_lib.load_restorer(preset=None, weights="w")
 
 
 def test_tiling_for_memory_budget():
   kw = presets.get_preset("006_VRT_videodeblurring_GoPro")
   official = presets.TEST_SETTINGS["006_VRT_videodeblurring_GoPro"]
   # A generous budget keeps the official tiling.
-  tile, overlap = restore.choose_tiling(kw, 100, 720, 1280, budget_bytes=10**12,
+  tile, overlap = restore_lib.choose_tiling(kw, 100, 720, 1280, budget_bytes=10**12,
                                         preset="006_VRT_videodeblurring_GoPro")
   assert tile == official["tile"] and overlap == official["tile_overlap"]
   # Smaller budgets shrink the tile, and the estimate of the result fits.
   for mb in (4000, 1000):
-    tile, overlap = restore.choose_tiling(kw, 100, 720, 1280, budget_bytes=mb * 2**20,
+    tile, overlap = restore_lib.choose_tiling(kw, 100, 720, 1280, budget_bytes=mb * 2**20,
                                           preset="006_VRT_videodeblurring_GoPro")
-    assert restore.estimate_tile_bytes(kw, tile) <= mb * 2**20
+    assert restore_lib.estimate_tile_bytes(kw, tile) <= mb * 2**20
     assert tile[1] % 8 == 0 and tile[1] >= 64 and tile[0] > overlap[0]
-  assert restore.estimate_tile_bytes(kw, (18, 192, 192)) > 4000 * 2**20
+  assert restore_lib.estimate_tile_bytes(kw, (18, 192, 192)) > 4000 * 2**20
   with pytest.raises(ValueError, match="too small"):
-    restore.choose_tiling(kw, 100, 720, 1280, budget_bytes=10 * 2**20,
+    restore_lib.choose_tiling(kw, 100, 720, 1280, budget_bytes=10 * 2**20,
                           preset="006_VRT_videodeblurring_GoPro")
   # A small clip is tested whole when it fits: spatially as tile 0, in time with the tile as
   # given (the 5 frames run unpadded, as the reference runs a clip shorter than its tile).
-  tile, _ = restore.choose_tiling(kw, 5, 64, 64, budget_bytes=10**12, tile=(12, 256, 256),
+  tile, _ = restore_lib.choose_tiling(kw, 5, 64, 64, budget_bytes=10**12, tile=(12, 256, 256),
                                   tile_overlap=(2, 20, 20))
   assert tile == (12, 0, 0)
-  tile, _ = restore.choose_tiling(kw, 5, 64, 64, budget_bytes=10**12, tile=(0, 256, 256),
+  tile, _ = restore_lib.choose_tiling(kw, 5, 64, 64, budget_bytes=10**12, tile=(0, 256, 256),
                                   tile_overlap=(2, 20, 20))
   assert tile == (0, 0, 0)
 
@@ -138,15 +138,15 @@ def test_estimate_bounds_xla_memory_of_tiny_vrt():
   x = jax.ShapeDtypeStruct((1, 6, 64, 64, 3), jnp.float32)
   compiled = jax.jit(lambda v, x: model.apply(v, x)).lower(abstract, x).compile()
   used = compiled.memory_analysis().temp_size_in_bytes
-  estimate = restore.estimate_tile_bytes(presets.tiny(), (6, 64, 64))
+  estimate = restore_lib.estimate_tile_bytes(presets.tiny(), (6, 64, 64))
   assert used <= estimate <= 3 * used
 
 
 def test_exported_weights_name_their_model(tmp_path):
   _, weights = write_tiny_setup(tmp_path)
-  r = restore.load_restorer(preset=None, weights=str(weights))
+  r = restore_lib.load_restorer(preset=None, weights=str(weights))
   assert r.model_kwargs == presets.tiny() and r.preset is None
   assert r.model.embed_dims == presets.tiny()["embed_dims"]
   (tmp_path / "bare").mkdir()
   with pytest.raises(ValueError, match="does not say which model"):
-    restore.load_restorer(preset=None, weights=str(tmp_path / "bare"))
+    restore_lib.load_restorer(preset=None, weights=str(tmp_path / "bare"))

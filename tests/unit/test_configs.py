@@ -9,6 +9,7 @@ from fake_datasets import write_fake_dataset
 from test_train import REPO, losses, run_train
 
 from vrt_jax import presets
+from vrt_jax.data import pipeline
 
 sys.path.insert(0, REPO)
 
@@ -60,12 +61,28 @@ def test_task_config_follows_the_official_recipe(name):
   assert (o.lr, o.b1, o.b2, o.lr_period, o.lr_eta_min) == (4e-4, 0.9, 0.99, 300_000, 1e-7)
   assert (o.fix_iter, o.fix_lr_mul) == ((0 if task == "vfi" else 20_000), 0.125)
   assert tuple(o.fix_keys) == ("spynet", "deform")
-  assert c.data.reverse == (layout == "vimeo")
-  assert c.data.flip and c.data.rotate
+  s = pipeline.settings_from_config(c.data)
+  assert s.reverse == (layout == "vimeo")  # KAIR reverses Vimeo-90K clips only.
+  assert s.flip and s.rotate
   if task == "denoise":
     assert tuple(c.data.sigma_range) == (0.0, 50.0)
   # 003 / 004 are fine-tuned from 002.
   assert bool(c.init_from) == (layout == "vimeo" and task == "sr")
+
+
+@pytest.mark.parametrize("name", ALL_CONFIGS)
+def test_every_data_option_is_in_every_config_with_one_default(name):
+  """The data defaults are written once (pipeline.DATA_DEFAULTS): every config lists every
+  option (so each can be set with --config.data.X), the dataclass agrees with the table, and a
+  misspelt option is an error, not a silently ignored key."""
+  c = get_config(name)
+  assert set(c.data.keys()) == set(pipeline.DATA_DEFAULTS)
+  assert pipeline.settings_from_config({}) == pipeline.DataSettings()
+  assert pipeline.settings_from_config({"degradation": "vfi"}).color_jitter
+  data = c.data.to_dict()
+  data["gt_pach"] = 64
+  with pytest.raises(ValueError, match="unknown data option.*gt_pach"):
+    pipeline.settings_from_config(data)
 
 
 def _tiny_model_override(name):

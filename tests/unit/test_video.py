@@ -15,7 +15,7 @@ import pytest
 from av.video.reformatter import ColorRange, Colorspace
 from standins import identity_restorer
 
-from vrt_jax import restore, video
+from vrt_jax import restore, restore_lib, video
 
 SWS = {1: Colorspace.ITU709, 5: Colorspace.ITU601, 6: Colorspace.ITU601}
 PATCH_COLOURS = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [0, 255, 255],
@@ -126,9 +126,9 @@ def test_hd_bt709_with_audio_restores_tagged_with_audio_and_true_colours(tmp_pat
   make_video(tmp_path / "in.mp4", clip, tags=(1, 1, 1), rate=fractions.Fraction(30000, 1001))
   r = identity_restorer()
   kw = dict(tile=(0, 0, 0), tile_overlap=(0, 0, 0), progress=False)
-  summary = restore.restore_video(r, str(tmp_path / "in.mp4"), str(tmp_path / "out.mp4"), **kw)
+  summary = restore_lib.restore_video(r, str(tmp_path / "in.mp4"), str(tmp_path / "out.mp4"), **kw)
   assert "BT.709" in summary["output"] and "audio copied (aac)" in summary["output"]
-  restore.restore_video(r, str(tmp_path / "in.mp4"), str(tmp_path / "png"), **kw)
+  restore_lib.restore_video(r, str(tmp_path / "in.mp4"), str(tmp_path / "png"), **kw)
 
   out, tags, pix_fmt = decode(tmp_path / "out.mp4")
   assert tags == (1, 1, 1, 1) and pix_fmt == "yuv420p"  # BT.709, limited range.
@@ -193,7 +193,7 @@ def test_10_bit_source_is_written_as_10_bit_video_and_16_bit_pngs(tmp_path):
   reader.close()
   r = identity_restorer()
   kw = dict(tile=(0, 0, 0), tile_overlap=(0, 0, 0), progress=False)
-  summary = restore.restore_video(r, str(tmp_path / "in.mp4"), str(tmp_path / "out.mp4"), **kw)
+  summary = restore_lib.restore_video(r, str(tmp_path / "in.mp4"), str(tmp_path / "out.mp4"), **kw)
   assert "yuv420p10le" in summary["output"]
   out, _, pix_fmt = decode(tmp_path / "out.mp4")
   assert pix_fmt == "yuv420p10le"
@@ -202,7 +202,7 @@ def test_10_bit_source_is_written_as_10_bit_video_and_16_bit_pngs(tmp_path):
   assert len(np.unique(np.round(out[0, 32, :, 0] * 1023))) > 130
   assert np.abs(out - img).max() < 1.5 / 255
 
-  restore.restore_video(r, str(tmp_path / "in.mp4"), str(tmp_path / "png"), **kw)
+  restore_lib.restore_video(r, str(tmp_path / "in.mp4"), str(tmp_path / "png"), **kw)
   first = video.list_frames(tmp_path / "png")[0]
   raw = cv2.imread(str(first), cv2.IMREAD_UNCHANGED)  # An independent PNG reader.
   assert raw.dtype == np.uint16 and raw.shape == (64, 256, 3)
@@ -210,9 +210,9 @@ def test_10_bit_source_is_written_as_10_bit_video_and_16_bit_pngs(tmp_path):
   np.testing.assert_allclose(video.read_image(first), raw[..., ::-1] / 65535, atol=1e-6)
   # Forced 8-bit output of the same clip: 8-bit PNGs and 8-bit video.
   eight = video.OutputOptions(bit_depth=8)
-  restore.restore_video(r, str(tmp_path / "in.mp4"), str(tmp_path / "png8"), output=eight, **kw)
+  restore_lib.restore_video(r, str(tmp_path / "in.mp4"), str(tmp_path / "png8"), output=eight, **kw)
   assert cv2.imread(str(tmp_path / "png8" / "00000000.png"), cv2.IMREAD_UNCHANGED).dtype == np.uint8
-  restore.restore_video(r, str(tmp_path / "in.mp4"), str(tmp_path / "out8.mp4"),
+  restore_lib.restore_video(r, str(tmp_path / "in.mp4"), str(tmp_path / "out8.mp4"),
                         output=video.OutputOptions(pix_fmt="yuv420p"), **kw)
   assert decode(tmp_path / "out8.mp4")[2] == "yuv420p"
 
@@ -231,7 +231,7 @@ def test_16_bit_png_round_trip_is_exact(tmp_path):
   reader = video.open_video(tmp_path / "in")
   assert reader.bit_depth == 16
   reader.close()
-  restore.restore_video(identity_restorer(), str(tmp_path / "in"), str(tmp_path / "out"),
+  restore_lib.restore_video(identity_restorer(), str(tmp_path / "in"), str(tmp_path / "out"),
                         tile=(0, 0, 0), tile_overlap=(0, 0, 0), progress=False)
   np.testing.assert_array_equal(video.read_images(video.list_frames(tmp_path / "out")),
                                 video.read_images(video.list_frames(tmp_path / "in")))
@@ -266,9 +266,9 @@ def test_unwritable_output_fails_before_the_model_is_loaded(tmp_path, monkeypatc
   assert exit_info.value.code == 2
   assert re.search(match, capsys.readouterr().err)
   # Same through the library: the writer is set up before any tile is restored.
-  monkeypatch.setattr(restore.inference, "restore_stream", must_not_run)
+  monkeypatch.setattr(restore_lib.inference, "restore_stream", must_not_run)
   with pytest.raises(ValueError, match=match):
-    restore.restore_video(identity_restorer(), str(tmp_path / "in.mp4"), str(tmp_path / output),
+    restore_lib.restore_video(identity_restorer(), str(tmp_path / "in.mp4"), str(tmp_path / output),
                           tile=(0, 0, 0), progress=False, output=video.OutputOptions(**options))
   assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]  # Nothing left behind.
 
@@ -278,11 +278,11 @@ def test_audio_is_dropped_on_request_or_when_the_rate_changes(tmp_path):
   make_video(tmp_path / "in.mp4", np.stack([img] * 3))
   r = identity_restorer()
   kw = dict(tile=(0, 0, 0), tile_overlap=(0, 0, 0), progress=False)
-  restore.restore_video(r, str(tmp_path / "in.mp4"), str(tmp_path / "a.webm"),
+  restore_lib.restore_video(r, str(tmp_path / "in.mp4"), str(tmp_path / "a.webm"),
                         output=video.OutputOptions(audio=False), **kw)
   assert audio_packets(tmp_path / "a.webm") == ("none", [])
   assert decode(tmp_path / "a.webm")[0].shape == (3, 64, 128, 3)
-  summary = restore.restore_video(r, str(tmp_path / "in.mp4"), str(tmp_path / "b.mp4"), fps=50,
+  summary = restore_lib.restore_video(r, str(tmp_path / "in.mp4"), str(tmp_path / "b.mp4"), fps=50,
                                   **kw)
   assert "audio dropped" in summary["output"]
   assert audio_packets(tmp_path / "b.mp4") == ("none", [])

@@ -15,16 +15,9 @@ A training sample follows KAIR's `VideoRecurrentTrain*Dataset`s:
   8. denoising: sigma ~ U[sigma_range] / 255 per clip, Gaussian noise, not clipped, noise map
      appended as a 4th LQ channel.
 
-Config keys read from `data_cfg` (ConfigDict or dict; all optional except the roots of 'folders'):
-  source 'synthetic' | 'folders' | 'tfds' ('synthetic'); layout 'reds' | 'vimeo' | 'gopro' | 'dvd' |
-  'davis' ('reds'); gt_root, lq_root ('' = LQ made on the fly); tfds_data_dir (''), tfds_config
-  (vrt_frames config; default the layout's GT-only config, its blurred one for deblurring);
-  degradation 'bi' | 'bd' | 'blur' | 'noise' | 'vfi' | 'none' ('bi'); scale (4 for bi/bd, else 1);
-  num_frames (6); gt_patch (64); sigma_range ((0, 50)); flip (True); rotate (True);
-  reverse (True for vimeo, else False); color_jitter (True for vfi, else False); num_workers (0);
-  synthetic_clips (64);
-  val_clips (2), val_frames (num_frames), val_size (64), val_sigma (30), val_gt_root, val_lq_root;
-  exclude_clips (REDS4 for reds); skip_bad_samples (False: an unreadable image stops training).
+Config keys read from `data_cfg` (ConfigDict or dict): `DATA_DEFAULTS` lists every one with its
+default, the only place the defaults are written; every config's `data` starts from it
+(configs/common.py). All are optional except the roots of 'folders'.
 """
 
 from __future__ import annotations
@@ -46,33 +39,52 @@ _MARGIN = 4            # LQ pixels of context kept around a crop that is downsam
 _MAX_SUBSTITUTES = 20  # bad samples replaced in a row before giving up
 
 
+# Every data option and its default. None: derived from the others (scale: 4 for bi / bd, else 1;
+# reverse: on for Vimeo-90K, as KAIR; color_jitter: on for interpolation; val_frames: num_frames;
+# exclude_clips: the layout's held-out clips, e.g. REDS4). Options and roots:
+#   source 'synthetic' | 'folders' | 'tfds'; layout 'reds' | 'vimeo' | 'gopro' | 'dvd' | 'davis';
+#   gt_root, lq_root ('' = LQ made on the fly); tfds_config (vrt_frames config; '' = the layout's
+#   GT-only config, its blurred one for deblurring); degradation 'bi' | 'bd' | 'blur' | 'noise' |
+#   'vfi' | 'none'; sigma_range (training noise, 0-255); val_sigma (validation noise);
+#   skip_bad_samples (False: an unreadable image stops training; True: log it, take another).
+DATA_DEFAULTS: dict[str, Any] = dict(
+    source="synthetic", layout="reds", gt_root="", lq_root="", tfds_data_dir="", tfds_config="",
+    degradation="bi", scale=None, num_frames=6, gt_patch=64, sigma_range=(0.0, 50.0), flip=True,
+    rotate=True, reverse=None, color_jitter=None, num_workers=0, synthetic_clips=64,
+    val_clips=2, val_frames=None, val_size=64, val_sigma=30.0, val_gt_root="", val_lq_root="",
+    exclude_clips=None, skip_bad_samples=False)
+
+
 @dataclasses.dataclass(frozen=True)
 class DataSettings:
-  """The data config, resolved to concrete values (picklable for grain workers)."""
-  source: str = "synthetic"
-  layout: str = "reds"
-  gt_root: str = ""
-  lq_root: str = ""
-  tfds_data_dir: str = ""
-  tfds_config: str = ""
-  degradation: str = "bi"
+  """The data config, resolved to concrete values (picklable for grain workers).
+
+  Field defaults are `DATA_DEFAULTS`' (derived ones as for an SR clip of the reds layout).
+  """
+  source: str = DATA_DEFAULTS["source"]
+  layout: str = DATA_DEFAULTS["layout"]
+  gt_root: str = DATA_DEFAULTS["gt_root"]
+  lq_root: str = DATA_DEFAULTS["lq_root"]
+  tfds_data_dir: str = DATA_DEFAULTS["tfds_data_dir"]
+  tfds_config: str = DATA_DEFAULTS["tfds_config"]
+  degradation: str = DATA_DEFAULTS["degradation"]
   scale: int = 4
-  num_frames: int = 6
-  gt_patch: int = 64
-  sigma_range: tuple[float, float] = (0.0, 50.0)
-  flip: bool = True
-  rotate: bool = True
+  num_frames: int = DATA_DEFAULTS["num_frames"]
+  gt_patch: int = DATA_DEFAULTS["gt_patch"]
+  sigma_range: tuple[float, float] = DATA_DEFAULTS["sigma_range"]
+  flip: bool = DATA_DEFAULTS["flip"]
+  rotate: bool = DATA_DEFAULTS["rotate"]
   reverse: bool = False
   color_jitter: bool = False
-  num_workers: int = 0
-  synthetic_clips: int = 64
-  val_clips: int = 2
-  val_frames: int = 6
-  val_size: int = 64
-  val_sigma: float = 30.0
-  val_gt_root: str = ""
-  val_lq_root: str = ""
-  exclude_clips: tuple[str, ...] | None = None
+  num_workers: int = DATA_DEFAULTS["num_workers"]
+  synthetic_clips: int = DATA_DEFAULTS["synthetic_clips"]
+  val_clips: int = DATA_DEFAULTS["val_clips"]
+  val_frames: int = DATA_DEFAULTS["num_frames"]
+  val_size: int = DATA_DEFAULTS["val_size"]
+  val_sigma: float = DATA_DEFAULTS["val_sigma"]
+  val_gt_root: str = DATA_DEFAULTS["val_gt_root"]
+  val_lq_root: str = DATA_DEFAULTS["val_lq_root"]
+  exclude_clips: tuple[str, ...] | None = DATA_DEFAULTS["exclude_clips"]
 
   @property
   def vimeo(self) -> bool:
@@ -84,20 +96,25 @@ class DataSettings:
 
 
 def settings_from_config(data_cfg: Any) -> DataSettings:
-  """Reads the data config (ConfigDict or dict) with defaults; raises ValueError on bad values."""
-  get = data_cfg.get
-  degradation = get("degradation", "bi")
+  """Reads the data config (ConfigDict or dict) over `DATA_DEFAULTS`; ValueError on bad values."""
+  given = dict(data_cfg.items())
+  unknown = sorted(set(given) - set(DATA_DEFAULTS))
+  if unknown:
+    raise ValueError(f"unknown data option(s) {', '.join(unknown)}; the options are "
+                     f"{', '.join(DATA_DEFAULTS)} (vrt_jax.data.pipeline.DATA_DEFAULTS)")
+  c = {**DATA_DEFAULTS, **{k: v for k, v in given.items() if v is not None}}
+  degradation = c["degradation"]
   if degradation not in DEGRADATIONS:
     raise ValueError(f"data.degradation must be one of {DEGRADATIONS}, got {degradation!r}.")
-  source = get("source", "synthetic")
+  source = c["source"]
   if source not in SOURCES:
     raise ValueError(f"data.source must be one of {SOURCES}, got {source!r}.")
-  layout = get("layout", "reds") or "reds"
+  layout = c["layout"] or DATA_DEFAULTS["layout"]
   if source != "synthetic" and layout not in layouts.LAYOUTS:
     raise ValueError(f"data.layout must be one of {layouts.LAYOUTS}, got {layout!r}.")
-  scale = int(get("scale", 4 if degradation in ("bi", "bd") else 1))
-  num_frames = int(get("num_frames", 6))
-  gt_patch = int(get("gt_patch", 64))
+  scale = int(c["scale"] if c["scale"] is not None else 4 if degradation in ("bi", "bd") else 1)
+  num_frames = int(c["num_frames"])
+  gt_patch = int(c["gt_patch"])
   if degradation in ("bi", "bd") and scale < 2:
     raise ValueError(f"data.scale must be >= 2 for {degradation!r}, got {scale}.")
   if degradation not in ("bi", "bd") and scale != 1:
@@ -107,24 +124,24 @@ def settings_from_config(data_cfg: Any) -> DataSettings:
   if layout == "vimeo" and source != "synthetic" and degradation != "vfi" and num_frames > 8:
     raise ValueError(f"Vimeo-90K septuplets give at most 7 frames (8 with the last repeated), "
                      f"got num_frames={num_frames}.")
-  sigma_range = tuple(float(s) for s in get("sigma_range", (0.0, 50.0)))
+  sigma_range = tuple(float(s) for s in c["sigma_range"])
   if len(sigma_range) != 2 or sigma_range[0] > sigma_range[1] or sigma_range[0] < 0:
     raise ValueError(f"data.sigma_range must be (min, max) with 0 <= min <= max, got "
                      f"{sigma_range}.")
-  exclude = get("exclude_clips", None)
+  exclude = c["exclude_clips"]
+  derived = dict(reverse=layout == "vimeo", color_jitter=degradation == "vfi",
+                 val_frames=num_frames)
+  c.update({k: v for k, v in derived.items() if c[k] is None})
   return DataSettings(
-      source=source, layout=layout, gt_root=get("gt_root", "") or "",
-      lq_root=get("lq_root", "") or "", tfds_data_dir=get("tfds_data_dir", "") or "",
-      tfds_config=get("tfds_config", "") or "",
+      source=source, layout=layout, gt_root=c["gt_root"] or "", lq_root=c["lq_root"] or "",
+      tfds_data_dir=c["tfds_data_dir"] or "", tfds_config=c["tfds_config"] or "",
       degradation=degradation, scale=scale, num_frames=num_frames, gt_patch=gt_patch,
-      sigma_range=sigma_range, flip=bool(get("flip", True)), rotate=bool(get("rotate", True)),
-      reverse=bool(get("reverse", layout == "vimeo")),
-      color_jitter=bool(get("color_jitter", degradation == "vfi")),
-      num_workers=int(get("num_workers", 0)),
-      synthetic_clips=int(get("synthetic_clips", 64)), val_clips=int(get("val_clips", 2)),
-      val_frames=int(get("val_frames", num_frames)), val_size=int(get("val_size", 64)),
-      val_sigma=float(get("val_sigma", 30.0)), val_gt_root=get("val_gt_root", "") or "",
-      val_lq_root=get("val_lq_root", "") or "",
+      sigma_range=sigma_range, flip=bool(c["flip"]), rotate=bool(c["rotate"]),
+      reverse=bool(c["reverse"]), color_jitter=bool(c["color_jitter"]),
+      num_workers=int(c["num_workers"]), synthetic_clips=int(c["synthetic_clips"]),
+      val_clips=int(c["val_clips"]), val_frames=int(c["val_frames"]),
+      val_size=int(c["val_size"]), val_sigma=float(c["val_sigma"]),
+      val_gt_root=c["val_gt_root"] or "", val_lq_root=c["val_lq_root"] or "",
       exclude_clips=None if exclude is None else tuple(exclude))
 
 
@@ -357,11 +374,12 @@ def make_train_loader(data_cfg: Any, *, batch_size: int, seed: int, process_inde
   sharded by process. The iterator's state saves and restores with grain.checkpoint.
 
   A missing or undecodable image raises `layouts.BadSampleError` naming the file; with
-  `skip_bad_samples` (default: the config's `data.skip_bad_samples`, else False) the sample is
+  `skip_bad_samples` (default: the config's `data.skip_bad_samples`) the sample is
   logged as a warning and replaced by another random key instead.
   """
   if skip_bad_samples is None:
-    skip_bad_samples = bool(data_cfg.get("skip_bad_samples", False))
+    skip_bad_samples = bool(data_cfg.get("skip_bad_samples",
+                                         DATA_DEFAULTS["skip_bad_samples"]))
   s = settings_from_config(data_cfg)
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
