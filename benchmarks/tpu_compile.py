@@ -4,7 +4,7 @@
   python benchmarks/tpu_compile.py --config configs/sr_reds.py --topology v5e:2x4 \\
       --program train [--set model.remat=full] [--json out.json] [--hlo_dir hlo/]
   python benchmarks/tpu_compile.py --preset 001_VRT_videosr_bi_REDS_6frames \\
-      --topology v5e:2x4 --program eval
+      --topology v5e:2x4 --program eval [--eval_tile 12,64,64]
 
 `train` compiles the training step train.py runs (vrt_jax.train_step.jit_train_step: the same
 loss, optimizer, donation and data-parallel sharding) for the config's global batch over all
@@ -157,6 +157,8 @@ def worker(args: argparse.Namespace) -> None:
         kwargs[leaf] = value
     model = vrt_jax.VRT(**kwargs)
     shape = eval_shape(args.preset)
+    if args.eval_tile:
+      shape = (1, *(int(v) for v in args.eval_tile.split(",")), shape[-1])
     params = jax.eval_shape(lambda: checkpoint.random_params(model))
     params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
                           params)
@@ -213,6 +215,9 @@ def main() -> None:
   parser.add_argument("--program", default="train,eval", help="train, eval or both")
   parser.add_argument("--set", action="append", default=[],
                       help="config override key=value (e.g. model.remat=full), repeatable")
+  parser.add_argument("--eval_tile", default="",
+                      help="T,H,W: compile the eval forward for this LQ tile instead of the "
+                           "preset's official one (e.g. 12,64,64)")
   parser.add_argument("--json", default="", help="also write the rows to this file")
   parser.add_argument("--hlo_dir", default="", help="write each compiled program's HLO text")
   parser.add_argument("--timeout", type=float, default=3600, help="seconds per program")
@@ -242,7 +247,8 @@ def main() -> None:
   for program, what, topology in jobs:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", program, *what,
            "--topology", topology, *sum((["--set", s] for s in args.set), []),
-           *(["--hlo_dir", args.hlo_dir] if args.hlo_dir else [])]
+           *(["--hlo_dir", args.hlo_dir] if args.hlo_dir else []),
+           *(["--eval_tile", args.eval_tile] if args.eval_tile else [])]
     print(f"compiling {program} {' '.join(what[1:])} for {topology} ...", file=sys.stderr,
           flush=True)
     try:

@@ -16,7 +16,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from standins import write_tiny_setup
+from standins import make_video, write_tiny_setup
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -26,32 +26,6 @@ def run(args, cwd, env, timeout=600):
                         timeout=timeout)
   assert proc.returncode == 0, f"{args} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
   return proc.stdout
-
-
-def tone_video(path, frames):
-  """An mp4 of 64x64 frames with a short AAC track."""
-  container = av.open(str(path), "w")
-  stream = container.add_stream("libx264", rate=25)
-  stream.width = stream.height = 64
-  stream.pix_fmt = "yuv420p"
-  sound = container.add_stream("aac", rate=48000)
-  sound.layout = "mono"
-  for t, frame in enumerate(frames):
-    image = av.VideoFrame.from_ndarray((frame * 255).astype(np.uint8), format="rgb24")
-    image.pts = t
-    for packet in stream.encode(image):
-      container.mux(packet)
-  for packet in stream.encode():
-    container.mux(packet)
-  for i in range(4):
-    samples = av.AudioFrame.from_ndarray(np.full((1, 1024), 0.1 * (i % 2), np.float32),
-                                         format="fltp", layout="mono")
-    samples.sample_rate, samples.pts = 48000, 1024 * i
-    for packet in sound.encode(samples):
-      container.mux(packet)
-  for packet in sound.encode():
-    container.mux(packet)
-  container.close()
 
 
 @pytest.mark.slow
@@ -89,7 +63,7 @@ def test_wheel_in_a_fresh_venv_restores_and_exports(tmp_path):
 
   _, weights = write_tiny_setup(tmp_path)
   rng = np.random.default_rng(0)
-  tone_video(work / "in.mp4", rng.random((3, 64, 64, 3), dtype=np.float32))
+  make_video(work / "in.mp4", rng.random((3, 64, 64, 3), dtype=np.float32))
   out = run([python, "-m", "vrt_jax.restore", "in.mp4", "out.mp4", "--weights", weights,
              "--tile", "0,0,0", "--tile_overlap", "0,0,0"], cwd=work, env=env)
   assert "3 frames written" in out and "audio copied (aac)" in out, out

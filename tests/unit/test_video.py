@@ -13,11 +13,10 @@ import cv2
 import numpy as np
 import pytest
 from av.video.reformatter import ColorRange, Colorspace
-from standins import identity_restorer
+from standins import SWS, identity_restorer, make_video
 
 from vrt_jax import restore, restore_lib, video
 
-SWS = {1: Colorspace.ITU709, 5: Colorspace.ITU601, 6: Colorspace.ITU601}
 PATCH_COLOURS = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [0, 255, 255],
                           [255, 0, 255], [40, 80, 200], [230, 120, 30]], np.float32) / 255
 
@@ -34,50 +33,6 @@ def patches(h, w):
     img[r * ph:(r + 1) * ph, q * pw:(q + 1) * pw] = colour
     labels[r * ph + 8:(r + 1) * ph - 8, q * pw + 8:(q + 1) * pw - 8] = i
   return img, labels
-
-
-def make_video(path, frames, *, tags=(1, 1, 1), full_range=False, pix_fmt="yuv420p",
-               audio=True, rate=25):
-  """Encodes (T, H, W, 3) [0, 1] frames losslessly with libx264, YUV from the matrix `tags[2]`
-  (untagged: the one players assume for the size, BT.709 for HD, else BT.601), tagged with
-  `tags` (primaries, transfer, matrix; None: untagged), plus 10 AAC frames of a 440 Hz tone
-  when `audio`."""
-  h, w = frames.shape[1:3]
-  container = av.open(str(path), "w")
-  stream = container.add_stream("libx264", rate=rate)
-  stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
-  stream.options = {"qp": "0"}
-  hd = w >= 1280 or h > 576  # Independent of vrt_jax.video.is_hd on purpose.
-  matrix = SWS[tags[2]] if tags else (Colorspace.ITU709 if hd else Colorspace.ITU601)
-  ctx = stream.codec_context
-  if tags:
-    ctx.color_primaries, ctx.color_trc, ctx.colorspace = tags
-  if full_range:
-    ctx.color_range = 2
-  if audio:
-    sound = container.add_stream("aac", rate=48000)
-    sound.layout = "stereo"
-  for t, frame in enumerate(frames):
-    rgb = np.round(np.clip(frame, 0, 1) * 65535).astype(np.uint16)
-    yuv = av.VideoFrame.from_ndarray(rgb, format="rgb48le").reformat(
-        format=pix_fmt, dst_colorspace=matrix,
-        dst_color_range=ColorRange.JPEG if full_range else ColorRange.MPEG)
-    yuv.pts = t
-    for packet in stream.encode(yuv):
-      container.mux(packet)
-  for packet in stream.encode():
-    container.mux(packet)
-  if audio:
-    for i in range(10):
-      tone = 0.3 * np.sin(2 * np.pi * 440 * (np.arange(1024) + 1024 * i) / 48000)
-      samples = av.AudioFrame.from_ndarray(np.stack([tone, tone]).astype(np.float32),
-                                           format="fltp", layout="stereo")
-      samples.sample_rate, samples.pts = 48000, 1024 * i
-      for packet in sound.encode(samples):
-        container.mux(packet)
-    for packet in sound.encode():
-      container.mux(packet)
-  container.close()
 
 
 def decode(path, matrix=None):
