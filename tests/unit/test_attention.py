@@ -72,3 +72,20 @@ def test_relative_position_index_is_a_bijection_of_offsets(window):
   assert len(table) == len({tuple(d) for d in flat_diffs}) == size
   centre = idx[0, 0]
   assert np.all(np.diagonal(idx) == centre) and np.all(idx + idx.T == 2 * centre)
+
+
+@pytest.mark.parametrize("window", [(2, 8, 8), (6, 8, 8), (1, 3, 5), (4, 2, 7)])
+def test_relative_position_bias_without_a_gather_equals_the_table_lookup(window):
+  """The accelerator path builds the bias from one-hot matmuls (no gather of 6-float rows); it
+  must equal the reference's table[relative_position_index[:n, :n]] exactly, for whole windows
+  and for the first n tokens of a window cut by a small input."""
+  size = int(np.prod([2 * s - 1 for s in window]))
+  table = jax.random.normal(jax.random.key(0), (size, 3)) * 0.02
+  full = int(np.prod(window))
+  for n in sorted({full, max(1, full // 2), max(1, full - 3)}):
+    index = attention.relative_position_index(window)[:n, :n]
+    want = np.asarray(table)[index].transpose(2, 0, 1)
+    got = jax.jit(attention._relative_position_bias_xla, static_argnums=(1, 2))(table, window, n)
+    np.testing.assert_array_equal(np.asarray(got), want)
+    np.testing.assert_array_equal(
+        np.asarray(attention._relative_position_bias_cpu(table, window, n)), want)
