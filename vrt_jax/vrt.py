@@ -224,9 +224,10 @@ class VRT(nn.Module):
   # are the same.
   remat: str = "none"
   # Run the TMSA blocks of each group as an nn.scan over (unshifted, shifted) pairs (TMSAG):
-  # the same function, compiled once per group instead of once per block. Parameters are then
+  # the same function, compiled once per group instead of once per block (006 train step on
+  # CPU: compile overhead 335 -> 180 s, no slower, 8% less peak memory). Parameters are then
   # stacked (tmsa.stack_blocks); loading converts either layout to the model's.
-  scan_blocks: bool = False
+  scan_blocks: bool = True
 
   def check_input(self, shape: Sequence[int]) -> None:
     """Raises ValueError unless a clip of this shape is a valid input."""
