@@ -185,7 +185,8 @@ class TMSAPair(nn.Module, kw_only=True):
                 shift_size=shift_size, mut_attn=self.mut_attn, mlp_ratio=self.mlp_ratio,
                 qkv_bias=self.qkv_bias, qk_scale=self.qk_scale,
                 use_checkpoint_attn=self.use_checkpoint_attn, dtype=self.dtype, name=name)(
-          x, self.train, None if key is None else jax.random.fold_in(key, index[j]), rates[j])
+          *((x, self.train) if key is None else  # No stochastic depth in this group.
+            (x, self.train, jax.random.fold_in(key, index[j]), rates[j])))
     return x, None
 
 
