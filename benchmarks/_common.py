@@ -175,8 +175,18 @@ def add_arguments(parser: Any, preset: str) -> None:
   parser.add_argument("--no_huge_pages", action="store_true",
                       help="vrt-jax: keep glibc's default malloc instead of the huge pages that "
                            "train.py, eval.py and restore ask for (vrt_jax.runtime.huge_pages_env)")
+  parser.add_argument("--scan_blocks", choices=("default", "on", "off"), default="default",
+                      help="vrt-jax: run each group's TMSA blocks as an nn.scan over block pairs "
+                           "(VRT(scan_blocks=...)), or not; default: the preset's setting")
   parser.add_argument("--worker", choices=("jax", "torch"), help=argparse.SUPPRESS)
   parser.add_argument("--kwargs", default="{}", help=argparse.SUPPRESS)
+
+
+def jax_model_kwargs(args: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+  """`kwargs` with the vrt-jax-only options of the command line applied."""
+  if args.scan_blocks != "default":
+    kwargs = {**kwargs, "scan_blocks": args.scan_blocks == "on"}
+  return kwargs
 
 
 def timing(impl: str, args: Any, first: float, steady: list[float]) -> dict[str, Any]:
@@ -205,7 +215,8 @@ def compare(args: Any, script: str, columns: Sequence[tuple[str, str, str]], wha
   jax_env = runtime.huge_pages_env(
       dict(os.environ, **({runtime.KEEP_MALLOC_ENV: "1"} if args.no_huge_pages else {})))
   print(f"# machine: {machine_description(args.threads)}", flush=True)
-  base = ["--shape", args.shape, "--runs", str(args.runs), "--threads", str(args.threads), *base]
+  base = ["--shape", args.shape, "--runs", str(args.runs), "--threads", str(args.threads),
+          "--scan_blocks", args.scan_blocks, *base]
   rows = []
   for preset in args.preset.split(","):
     ref_row = None

@@ -47,7 +47,7 @@ def jax_worker(args: argparse.Namespace) -> None:
   from vrt_jax import checkpoint, inference
 
   shape = common.parse_shape(args.shape)
-  kwargs = common.preset_kwargs(args.preset)
+  kwargs = common.jax_model_kwargs(args, common.preset_kwargs(args.preset))
   if args.dtype != "float32":
     kwargs["dtype"] = jnp.dtype(args.dtype)
   model = vrt_jax.VRT(**kwargs)
@@ -58,7 +58,8 @@ def jax_worker(args: argparse.Namespace) -> None:
   else:  # What restore / eval use: compiled ahead of time, then the compiler's heap released.
     fn = inference.make_apply_fn(model)
   first, steady = common.time_calls(lambda: jax.block_until_ready(fn(variables, x)), args.runs)
-  impl = f"vrt-jax ({jax.default_backend()}{', plain jit' if args.plain_jit else ''})"
+  impl = (f"vrt-jax ({jax.default_backend()}{', plain jit' if args.plain_jit else ''}"
+          f"{', scanned blocks' if model.scan_blocks else ''})")
   common.emit(common.timing(impl, args, first, steady))
 
 

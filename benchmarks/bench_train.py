@@ -47,7 +47,8 @@ def jax_worker(args: argparse.Namespace) -> None:
   from vrt_jax import checkpoint, train_step
 
   b, t, h, w, c = common.parse_shape(args.shape)
-  kwargs = {**common.preset_kwargs(args.preset), **json.loads(args.overrides)}
+  kwargs = common.jax_model_kwargs(
+      args, {**common.preset_kwargs(args.preset), **json.loads(args.overrides)})
   if args.dtype != "float32":
     kwargs["dtype"] = jnp.dtype(args.dtype)
   model = vrt_jax.VRT(**kwargs)
@@ -70,7 +71,8 @@ def jax_worker(args: argparse.Namespace) -> None:
     jax.block_until_ready(metrics["loss"])
 
   first, steady = common.time_calls(call, args.runs)
-  common.emit(common.timing(f"vrt-jax ({jax.default_backend()})", args, first, steady))
+  scan = ", scanned blocks" if model.scan_blocks else ""
+  common.emit(common.timing(f"vrt-jax ({jax.default_backend()}{scan})", args, first, steady))
 
 
 def torch_worker(args: argparse.Namespace) -> None:

@@ -23,7 +23,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax import traverse_util
 
-from vrt_jax import shapes
+from vrt_jax import shapes, tmsa
 
 CHECKPOINT_DIR = "checkpoints"
 MODEL_CONFIG = "model_config.json"
@@ -118,6 +118,10 @@ def random_params(model: Any, seed: int = 0) -> Any:
   training starts from `model.init`.
   """
   rng = np.random.default_rng(seed)
+  # Drawn in the per-block layout (fan-in without the stacking axis), then stacked if the model
+  # scans its blocks: the same values either way.
+  scanned = getattr(model, "scan_blocks", False)
+  abstract = tmsa.unstack_blocks(abstract_params(model))
 
   def fill(path, leaf):
     name = str(getattr(path[-1], "key", path[-1]))
@@ -130,7 +134,7 @@ def random_params(model: Any, seed: int = 0) -> Any:
       return rng.uniform(-bound, bound, leaf.shape).astype(leaf.dtype)
     return (0.02 * rng.standard_normal(leaf.shape)).astype(leaf.dtype)
 
-  return jax.tree_util.tree_map_with_path(fill, abstract_params(model))
+  return tmsa.to_block_layout(jax.tree_util.tree_map_with_path(fill, abstract), scanned)
 
 
 def export_params(directory: str, params: Any, model_kwargs: dict[str, Any],
@@ -160,12 +164,15 @@ def load_params(path: str, model: Any, *, step: int | None = None,
   fallback: for a workdir, if the chosen checkpoint is unreadable (CorruptCheckpointError), use
   the latest earlier one that loads, with a warning naming the skipped steps. Off by default: an
   unreadable checkpoint is an error, never silently replaced by an older one.
-  Returns a params pytree of numpy arrays. Raises ValueError for a missing or unreadable
-  checkpoint or one whose shapes do not fit `model` (naming the first mismatching leaf).
+  Whatever the saved layout of the TMSA blocks (scanned or per block, `tmsa.stack_blocks`), the
+  params come in `model`'s layout. Returns a params pytree of numpy arrays. Raises ValueError
+  for a missing or unreadable checkpoint or one whose shapes do not fit `model` (naming the
+  first mismatching leaf).
   """
   if not os.path.exists(path):
     raise ValueError(f"No checkpoint at {path}")
   target = abstract_params(model)
+  scanned = getattr(model, "scan_blocks", False)
   if os.path.isfile(path):
     if not path.endswith((".pth", ".pt")):
       raise ValueError(f"{path} is a file but not a PyTorch .pth checkpoint; expected a .pth, "
@@ -186,9 +193,10 @@ def load_params(path: str, model: Any, *, step: int | None = None,
         saved = _tree_of(ckptr.metadata(item))
       except Exception as e:
         raise ValueError(f"Cannot read the exported params at {item}: {e}") from e
-      _check_shapes(saved, target, where=item)
+      saved_target = _in_layout_of(target, saved)
+      _check_shapes(saved, saved_target, where=item)
       try:
-        return ckptr.restore(item, _numpy_target(target))
+        return tmsa.to_block_layout(ckptr.restore(item, _numpy_target(saved_target)), scanned)
       except Exception as e:
         raise ValueError(f"The exported params at {item} are corrupt or incomplete: {e}") from e
 
@@ -208,7 +216,7 @@ def load_params(path: str, model: Any, *, step: int | None = None,
   for candidate in [chosen] + (earlier if fallback else []):
     item = os.path.join(os.path.abspath(ckpt_dir), str(candidate), "state")
     try:
-      params = _load_training_params(item, target)
+      params = tmsa.to_block_layout(_load_training_params(item, target), scanned)
     except CorruptCheckpointError as e:
       if not fallback:
         hint = (f" Earlier checkpoints: steps {sorted(earlier)}; load with fallback=True "
@@ -226,9 +234,7 @@ def load_params(path: str, model: Any, *, step: int | None = None,
 
 
 def _load_training_params(item: str, target: Any) -> Any:
-  """The params of one training checkpoint's `state` item."""
-  numpy_target = {"params": _numpy_target(target)}
-  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), numpy_target)
+  """The params of one training checkpoint's `state` item, in the layout they were saved in."""
   with ocp.PyTreeCheckpointer() as ckptr:
     try:
       saved = _tree_of(ckptr.metadata(item))["params"]
@@ -236,6 +242,10 @@ def _load_training_params(item: str, target: Any) -> Any:
       raise CorruptCheckpointError(
           f"The training checkpoint at {item} is corrupt or incomplete: its metadata cannot be "
           f"read ({type(e).__name__}: {e})") from e
+    target = _in_layout_of(target, saved)
+    numpy_target = {"params": _numpy_target(target)}
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                                numpy_target)
     _check_shapes(saved, target, where=item)
     try:
       restored = ckptr.restore(item, args=ocp.args.PyTreeRestore(
@@ -298,6 +308,11 @@ def _check_shapes(saved: Any, expected: Any, *, where: str) -> None:
                      f"{extra[0]!r} (and {len(extra) - 1} more)")
 
 
+def _in_layout_of(target: Any, saved: Any) -> Any:
+  """`target` (a params tree) in the TMSA block layout of the saved params tree `saved`."""
+  return tmsa.to_block_layout(target, tmsa.is_scanned(saved))
+
+
 def _numpy_target(tree: Any) -> Any:
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
 
@@ -320,7 +335,7 @@ def transfer_params(source: Any, target: Any) -> tuple[Any, list[str]]:
   Returns the new params and the '/'-joined paths of target leaves that kept their own value
   (absent from source or of another shape), so the caller can report them.
   """
-  flat_src = traverse_util.flatten_dict(source)
+  flat_src = traverse_util.flatten_dict(tmsa.to_block_layout(source, tmsa.is_scanned(target)))
   flat_tgt = traverse_util.flatten_dict(target)
   out, fresh = {}, []
   for path, value in flat_tgt.items():

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from flax import traverse_util
 
-from vrt_jax import attention, spynet
+from vrt_jax import attention, spynet, tmsa
 from vrt_jax.shapes import abstract_params, example_input_shape, param_count
 from vrt_jax.vrt import VRT
 
@@ -205,7 +205,8 @@ def from_torch(state_dict: Mapping[str, Any], model: VRT) -> dict[str, Any]:
   checked against the model's constants.
   """
   sd = {k: np.asarray(v) for k, v in state_dict.items()}
-  flat = traverse_util.flatten_dict(abstract_params(model))
+  # PyTorch names one module per TMSA block: match them in the per-block layout.
+  flat = traverse_util.flatten_dict(tmsa.unstack_blocks(abstract_params(model)))
   buffers = expected_buffers(model)
   names = {torch_name(path): path for path in flat}
   missing = sorted(set(names) - set(sd))
@@ -240,7 +241,8 @@ def from_torch(state_dict: Mapping[str, Any], model: VRT) -> dict[str, Any]:
   if problems:
     raise ValueError("state_dict does not match the VRT configuration:\n  "
                      + "\n  ".join(problems))
-  return {"params": traverse_util.unflatten_dict(out)}
+  return {"params": tmsa.to_block_layout(traverse_util.unflatten_dict(out),
+                                             getattr(model, "scan_blocks", False))}
 
 
 if __name__ == "__main__":  # python -m vrt_jax.convert: the vrt-convert command

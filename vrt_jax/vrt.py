@@ -93,6 +93,7 @@ class Stage(nn.Module, kw_only=True):
   use_checkpoint_attn: bool = False
   dtype: Any = jnp.float32
   remat: str = "none"
+  scan_blocks: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, flows_backward: Sequence[jax.Array],
@@ -116,7 +117,8 @@ class Stage(nn.Module, kw_only=True):
     group = functools.partial(
         TMSAG, dim=self.dim, num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
         qkv_bias=self.qkv_bias, qk_scale=self.qk_scale, drop_path=rates,
-        use_checkpoint_attn=self.use_checkpoint_attn, dtype=self.dtype, remat=self.remat)
+        use_checkpoint_attn=self.use_checkpoint_attn, dtype=self.dtype, remat=self.remat,
+        scan=self.scan_blocks)
     y = group(depth=depth1, window_size=(2, ws[1], ws[2]), mut_attn=True,
               name="residual_group1")(x, train)
     x = dense(self.dim, "linear1", self.dtype)(y) + x
@@ -221,6 +223,11 @@ class VRT(nn.Module):
   # input. Chosen per training config to fit an accelerator's memory; outputs and gradients
   # are the same.
   remat: str = "none"
+  # Run the TMSA blocks of each group as an nn.scan over (unshifted, shifted) pairs (TMSAG):
+  # the same function, compiled once per group instead of once per block (006 train step on
+  # CPU: compile overhead 335 -> 180 s, no slower, 8% less peak memory). Parameters are then
+  # stacked (tmsa.stack_blocks); loading converts either layout to the model's.
+  scan_blocks: bool = True
 
   def check_input(self, shape: Sequence[int]) -> None:
     """Raises ValueError unless a clip of this shape is a valid input."""
@@ -382,7 +389,8 @@ class VRT(nn.Module):
           drop_path=tuple(dpr[sum(depths[:i]):sum(depths[:i + 1])]), pa_frames=self.pa_frames,
           deformable_groups=self.deformable_groups, reshape=RESHAPES[i],
           max_residue_magnitude=10 / SCALES[i], use_checkpoint_attn=ckpt_attn[i],
-          dtype=self.dtype, remat=self.remat, name=f"stage{i + 1}",
+          dtype=self.dtype, remat=self.remat, scan_blocks=self.scan_blocks,
+          name=f"stage{i + 1}",
       )(inp, flows_backward[level[i]::4], flows_forward[level[i]::4], train)
 
     x1 = stage(0, x)
@@ -401,5 +409,5 @@ class VRT(nn.Module):
                 window_size=window, mlp_ratio=self.mlp_ratio, qkv_bias=self.qkv_bias,
                 qk_scale=self.qk_scale, drop_path=tuple(dpr[sum(depths[:i]):sum(depths[:i + 1])]),
                 use_checkpoint_attn=ckpt_attn[i], dtype=self.dtype, remat=self.remat,
-                name=f"stage8_{i - 6}")(x, train)
+                scan=self.scan_blocks, name=f"stage8_{i - 6}")(x, train)
     return layer_norm("norm", self.dtype)(x)

@@ -14,7 +14,7 @@ import pytest
 
 import vrt_jax
 from tests import parity_utils as pu
-from vrt_jax import convert
+from vrt_jax import convert, tmsa
 from vrt_jax.attention import compute_mask
 from vrt_jax.deform import DCNv2PackFlowGuided
 from vrt_jax.spynet import SpyNet
@@ -36,7 +36,7 @@ def _variables(name):
 
 
 def _subtree(variables, *path):
-  p = variables["params"]
+  p = tmsa.unstack_blocks(variables["params"])  # Block by block, whether or not scanned.
   for k in path:
     p = p[k]
   return {"params": p}
@@ -168,11 +168,11 @@ def test_stage_reshape_and_fusion_match_reference(name):
   st = Stage(dim=cfg["embed_dims"][3], depth=cfg["depths"][3],
              num_heads=cfg["num_heads"][3], window_size=tuple(cfg["window_size"]),
              pa_frames=2, deformable_groups=cfg["deformable_groups"], reshape="down",
-             max_residue_magnitude=1.25)
+             max_residue_magnitude=1.25, scan_blocks=model.scan_blocks)
   fb = [pu.image(z["inter/flows_backward/3"][0])[None]]
   ff = [pu.image(z["inter/flows_forward/3"][0])[None]]
-  out, inter = st.apply(_subtree(variables, "stage4"), pu.feat(z["inter/stage3/out"]), fb, ff,
-                        capture_intermediates=True)
+  out, inter = st.apply({"params": variables["params"]["stage4"]}, pu.feat(z["inter/stage3/out"]),
+                        fb, ff, capture_intermediates=True)
   it = inter["intermediates"]
   _close(it["reshape_2"]["__call__"][0], pu.feat(z["inter/stage4.reshape/out"]))
   _close(it["residual_group1"]["__call__"][0], pu.feat(z["inter/stage4.residual_group1/out"]))
@@ -216,7 +216,9 @@ def test_gradients_match_reference_in_float64(name):
   np.testing.assert_allclose(value, g["loss"], rtol=1e-4)
   grads = {k[len("grad/"):]: v for k, v in g.items() if k.startswith("grad/")}
   want_dx = pu.clip(grads.pop("__input__"))
-  want = convert.from_torch(grads, model)["params"]
+  # Compared block by block (PyTorch's names), whether or not the model scans its blocks.
+  dparams = tmsa.unstack_blocks(dparams)
+  want = tmsa.unstack_blocks(convert.from_torch(grads, model)["params"])
   errs = {k[len("f32err/"):]: float(v) for k, v in g.items() if k.startswith("f32err/")}
   flat_got = dict(jax.tree_util.tree_leaves_with_path(dparams))
   checked = 0
