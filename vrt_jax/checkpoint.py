@@ -85,6 +85,15 @@ def restore_state(manager: ocp.CheckpointManager, step: int, abstract_state: Any
   return restored["state"]
 
 
+def saved_blocks_scanned(manager: ocp.CheckpointManager, step: int) -> bool | None:
+  """Whether training checkpoint `step` holds its TMSA blocks scanned (`tmsa.stack_blocks`);
+  None if its metadata cannot be read (restore_state then says why)."""
+  try:
+    return tmsa.is_scanned(_tree_of(manager.item_metadata(step)["state"])["params"])
+  except Exception:  # noqa: BLE001 - an unreadable checkpoint is restore_state's to report.
+    return None
+
+
 def set_aside(manager: ocp.CheckpointManager, step: int) -> str:
   """Renames an unusable checkpoint `<step>` to `<step>.corrupt` (kept for inspection, no
   longer a step: the resumed run saves a new `<step>` in its place)."""

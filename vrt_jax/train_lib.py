@@ -24,7 +24,7 @@ from absl import logging
 from tqdm import tqdm
 
 import vrt_jax
-from vrt_jax import checkpoint, eval_lib, inference, optim, sharding, train_step, video
+from vrt_jax import checkpoint, eval_lib, inference, optim, sharding, tmsa, train_step, video
 from vrt_jax.data import pipeline, testsets
 
 METRICS_FILE = "metrics.jsonl"
@@ -64,6 +64,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   manager = checkpoint.make_manager(workdir, max_to_keep=config.max_to_keep,
                                     save_interval_steps=config.checkpoint_every)
   start = manager.latest_step()
+  saved_scanned = None if start is None else checkpoint.saved_blocks_scanned(manager, start)
+  if saved_scanned is not None and saved_scanned != tmsa.is_scanned(abstract_state["params"]):
+    # A run started with the other block layout (e.g. before scanning was the default) resumes
+    # in its own layout: the same function, only compiled differently.
+    logging.warning("Checkpoint %d holds the TMSA blocks %s: resuming with scan_blocks=%s",
+                    start, "scanned" if saved_scanned else "per block", saved_scanned)
+    model = model.clone(scan_blocks=saved_scanned)
+    abstract_state = train_step.abstract_state(model, tx, mesh)
+    state_sharding = jax.tree.map(lambda a: a.sharding, abstract_state)
   state = None
   while start is not None:
     logging.info("Resuming from %s/%d", manager.directory, start)

@@ -155,3 +155,20 @@ def _leaves(a, b):
   fa = jax.tree_util.tree_leaves_with_path(a)
   fb = jax.tree.leaves(b)
   return [(jax.tree_util.keystr(path), x, y) for (path, x), y in zip(fa, fb, strict=True)]
+
+
+@pytest.mark.slow
+def test_a_run_saved_with_per_block_layout_resumes_in_it_under_the_scanned_default(tmp_path):
+  """Workdirs written before the TMSA blocks were scanned by default (or with scan_blocks
+  False) resume in their own layout: the same losses as an uninterrupted per-block run."""
+  cfg = tmp_path / "per_block.py"
+  cfg.write_text("from configs import demo\n\n\ndef get_config():\n  config = demo.get_config()\n"
+                 "  config.model.scan_blocks = False\n  return config\n")
+  ref, wd = str(tmp_path / "ref"), str(tmp_path / "run")
+  run_train(ref, "--config.total_steps=4", config=str(cfg))
+  run_train(wd, "--config.total_steps=2", config=str(cfg))
+  proc = run_train(wd, "--config.total_steps=4")  # The demo config: scanned by default.
+  assert "resuming with scan_blocks=False" in proc.stderr, proc.stderr[-3000:]
+  got, want = losses(wd), losses(ref)
+  assert sorted(got) == [1, 2, 3, 4]
+  np.testing.assert_allclose([got[s] for s in (3, 4)], [want[s] for s in (3, 4)], rtol=1e-6)
