@@ -202,6 +202,20 @@ def timing(impl: str, args: Any, first: float, steady: list[float]) -> dict[str,
   return result
 
 
+def time_and_emit(impl: str, args: Any, fn: Callable[[], Any]) -> None:
+  """A worker's whole job once its model is built: time `fn` (`time_calls`) and emit the row."""
+  first, steady = time_calls(fn, args.runs)
+  emit(timing(impl, args, first, steady))
+
+
+def run_named_worker(args: Any, **workers: Callable[[Any], None]) -> bool:
+  """Runs the worker that `--worker` names (jax=..., torch=...); False in the parent process."""
+  if not args.worker:
+    return False
+  workers[args.worker](args)
+  return True
+
+
 def compare(args: Any, script: str, columns: Sequence[tuple[str, str, str]], what: str,
             base: Sequence[str], jax_extra: Sequence[str] = (),
             ref_overrides: dict[str, Any] | None = None) -> None:

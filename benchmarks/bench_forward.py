@@ -57,10 +57,9 @@ def jax_worker(args: argparse.Namespace) -> None:
     fn = jax.jit(lambda v, x: model.apply(v, x))
   else:  # What restore / eval use: compiled ahead of time, then the compiler's heap released.
     fn = inference.make_apply_fn(model)
-  first, steady = common.time_calls(lambda: jax.block_until_ready(fn(variables, x)), args.runs)
   impl = (f"vrt-jax ({jax.default_backend()}{', plain jit' if args.plain_jit else ''}"
           f"{', scanned blocks' if model.scan_blocks else ''})")
-  common.emit(common.timing(impl, args, first, steady))
+  common.time_and_emit(impl, args, lambda: jax.block_until_ready(fn(variables, x)))
 
 
 def torch_worker(args: argparse.Namespace) -> None:
@@ -80,9 +79,7 @@ def torch_worker(args: argparse.Namespace) -> None:
     with torch.no_grad():
       model(x)
 
-  first, steady = common.time_calls(call, args.runs)
-  common.emit(common.timing(f"PyTorch reference (torch {torch.__version__})", args, first,
-                            steady))
+  common.time_and_emit(f"PyTorch reference (torch {torch.__version__})", args, call)
 
 
 def main() -> None:
@@ -92,10 +89,8 @@ def main() -> None:
                       help="vrt-jax: time jax.jit(model.apply) instead of "
                            "vrt_jax.inference.make_apply_fn (no heap release after compiling)")
   args = parser.parse_args()
-  if args.worker == "jax":
-    return jax_worker(args)
-  if args.worker == "torch":
-    return torch_worker(args)
+  if common.run_named_worker(args, jax=jax_worker, torch=torch_worker):
+    return
   common.compare(args, os.path.abspath(__file__), COLUMNS, "forward", base=[],
                  jax_extra=["--plain_jit"] if args.plain_jit else [])
 

@@ -70,9 +70,8 @@ def jax_worker(args: argparse.Namespace) -> None:
     box["state"], metrics = step(box["state"], batch)
     jax.block_until_ready(metrics["loss"])
 
-  first, steady = common.time_calls(call, args.runs)
   scan = ", scanned blocks" if model.scan_blocks else ""
-  common.emit(common.timing(f"vrt-jax ({jax.default_backend()}{scan})", args, first, steady))
+  common.time_and_emit(f"vrt-jax ({jax.default_backend()}{scan})", args, call)
 
 
 def torch_worker(args: argparse.Namespace) -> None:
@@ -96,9 +95,7 @@ def torch_worker(args: argparse.Namespace) -> None:
     loss.backward()
     opt.step()
 
-  first, steady = common.time_calls(call, args.runs)
-  common.emit(common.timing(f"PyTorch reference (torch {torch.__version__})", args, first,
-                            steady))
+  common.time_and_emit(f"PyTorch reference (torch {torch.__version__})", args, call)
 
 
 def main() -> None:
@@ -108,10 +105,8 @@ def main() -> None:
                       help='VRT kwargs over the preset for both, e.g. '
                       '\'{"use_checkpoint_attn": true}\' (recompute attention in the backward)')
   args = parser.parse_args()
-  if args.worker == "jax":
-    return jax_worker(args)
-  if args.worker == "torch":
-    return torch_worker(args)
+  if common.run_named_worker(args, jax=jax_worker, torch=torch_worker):
+    return
   common.compare(args, os.path.abspath(__file__), COLUMNS, "train step",
                  base=["--overrides", args.overrides], ref_overrides=json.loads(args.overrides))
 

@@ -39,7 +39,7 @@ def test_script_runs_and_prints_table(script):
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900,
                         env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert proc.returncode == 0, proc.stderr[-3000:]
-  rows = [line for line in proc.stdout.splitlines() if line.startswith("| vrt-jax (cpu)")]
+  rows = [line for line in proc.stdout.splitlines() if line.startswith("| vrt-jax (cpu")]
   assert len(rows) == 1 and "| tiny | 1,6,64,64,3 | float32 |" in rows[0], proc.stdout
   median = float(rows[0].split("|")[6])
   assert median > 0
