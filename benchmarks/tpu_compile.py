@@ -6,6 +6,10 @@
   python benchmarks/tpu_compile.py --preset 001_VRT_videosr_bi_REDS_6frames \\
       --topology v5e:2x4 --program eval [--eval_tile 12,64,64]
 
+`--set mesh.space=N` compiles the training step with each clip's rows split over N chips (a
+(chips / N) data x N space mesh, vrt_jax.sharding; e.g. v5e:4x8 with batch_size 8 and
+mesh.space 4), the way train.py runs with that config.
+
 `train` compiles the training step train.py runs (vrt_jax.train_step.jit_train_step: the same
 loss, optimizer, donation and data-parallel sharding) for the config's global batch over all
 chips of the topology (the official recipes: batch 8, so one clip per chip on 8 chips), with
@@ -136,16 +140,21 @@ def worker(args: argparse.Namespace) -> None:
   if args.program == "train":
     config = load_config(args.config, args.set)
     devices = np.array(topo.devices)
-    mesh = Mesh(devices, (sharding.DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
+    space = int(config.get("mesh", {}).get("space", 1))  # --set mesh.space=4: rows split.
+    mesh = Mesh(devices.reshape(-1, space), (sharding.DATA_AXIS, sharding.SPACE_AXIS),
+                axis_types=(jax.sharding.AxisType.Auto,) * 2)
     model = vrt_jax.VRT(**config.model.to_dict())
     tx, _ = optim.make_optimizer(config.optim)
     state = train_step.abstract_state(model, tx, mesh)
     step = train_step.jit_train_step(model, tx, config, mesh, jax.random.key(0), frozen=False,
                                      state_sharding=jax.tree.map(lambda a: a.sharding, state))
+    shapes = pipeline.batch_shapes(config.data, config.batch_size)
+    sharding.check_space_split(mesh, shapes["lq"])
     batch = {k: jax.ShapeDtypeStruct(s, jnp.float32, sharding=sharding.batch_sharding(mesh))
-             for k, s in pipeline.batch_shapes(config.data, config.batch_size).items()}
+             for k, s in shapes.items()}
     result.update(name=os.path.basename(args.config) + "".join(f" {s}" for s in args.set),
-                  shape="x".join(map(str, batch["lq"].shape)) + f" over {devices.size} chips")
+                  shape="x".join(map(str, batch["lq"].shape)) + f" over {devices.size} chips"
+                  + (f" ({devices.size // space} data x {space} space)" if space > 1 else ""))
     fn, fn_args = step, (state, batch)
   else:
     mesh = Mesh(np.array(topo.devices[:1]), ("data",))

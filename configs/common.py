@@ -26,7 +26,10 @@ def recipe(preset: str | None, *, task: str, scale: int) -> ml_collections.Confi
   config.seed = 0
   config.total_steps = 300_000
   config.batch_size = 8  # Global: split over processes and devices.
-  config.num_devices = 0  # Devices on the data axis; 0 = all.
+  config.num_devices = 0  # Devices used; 0 = all.
+  # Spatial parallelism: each clip's height is split over `space` devices (the rest of the
+  # devices form the data axis; batch_size is divided over those). 1: data parallel only.
+  config.mesh = ml_collections.ConfigDict(dict(space=1))
   config.log_every = 100
   config.checkpoint_every = 5_000
   config.max_to_keep = 3

@@ -29,6 +29,9 @@ _LAYOUT = flags.DEFINE_enum("layout", None, list(eval_lib.LAYOUTS),
 _SIGMA = flags.DEFINE_float("sigma", 0, "Noise level (/255) for denoising test sets.")
 _TILE = flags.DEFINE_list("tile", None, "Tile T,H,W (0 = whole dimension).")
 _TILE_OVERLAP = flags.DEFINE_list("tile_overlap", None, "Tile overlap t,h,w.")
+_SPACE = flags.DEFINE_integer(
+    "space", 1, "Split each tile's rows over this many devices (spatial parallelism).",
+    lower_bound=1)
 _SAVE_IMAGES = flags.DEFINE_bool("save_images", False, "Save the restored frames as PNG.")
 _FALLBACK = flags.DEFINE_bool(
     "checkpoint_fallback", False,
@@ -57,7 +60,7 @@ def main(argv):
       _CONFIG.value, checkpoint=_CHECKPOINT.value, lq=_LQ.value, gt=_GT.value,
       output_dir=_OUTPUT.value, layout=_LAYOUT.value, sigma=_SIGMA.value,
       tile=_triple(_TILE.value, "tile"), tile_overlap=_triple(_TILE_OVERLAP.value, "tile_overlap"),
-      save_images=_SAVE_IMAGES.value, checkpoint_fallback=_FALLBACK.value)
+      save_images=_SAVE_IMAGES.value, checkpoint_fallback=_FALLBACK.value, space=_SPACE.value)
 
 
 def run() -> None:

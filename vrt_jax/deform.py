@@ -7,6 +7,7 @@ channel is g * 9 + k.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,9 +16,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vrt_jax import kernels, memory
+from vrt_jax import kernels, memory, spatial
 from vrt_jax.layers import Conv
 from vrt_jax.spynet import torch_conv_init
+
+Band = spatial.Band  # Which rows x holds and which the output has (the whole frame, unsplit).
 
 # Upper bound on the im2col columns materialised at once (bytes); see _deform_conv_1group.
 _COLUMN_BYTES = 64 << 20
@@ -29,10 +32,20 @@ def modulated_deform_conv(x: jax.Array, offset: jax.Array, mask: jax.Array, kern
 
   x: (N, H, W, Cin); offset: (N, H, W, dg * 18); mask: (N, H, W, dg * 9);
   kernel: (3, 3, Cin / groups, Cout), the number of groups being Cin / kernel.shape[2]
-  -> (N, H, W, Cout). Bilinear taps outside the image are zero.
+  -> (N, H, W, Cout). Bilinear taps outside the image are zero. With the rows split over
+  devices (vrt_jax.spatial), each band samples its neighbours' rows near it.
   """
-  n, h, w, cin = x.shape
-  dg = deformable_groups
+  return spatial.with_halo(functools.partial(
+      _deform_conv_band, kernel=kernel, bias=bias, dg=deformable_groups), x, offset, mask)
+
+
+def _deform_conv_band(x: jax.Array, offset: jax.Array, mask: jax.Array, band: Band, *,
+                      kernel: jax.Array, bias: jax.Array | None, dg: int
+                      ) -> tuple[jax.Array, jax.Array]:
+  """`modulated_deform_conv` of the band's rows (those of offset and mask) from x, rows around
+  the band; also whether every read was inside x."""
+  n, _, w, cin = x.shape
+  h = offset.shape[1]
   cin_g, cout = kernel.shape[2], kernel.shape[3]
   groups = cin // cin_g
   if cin % dg or cin_g * groups != cin or cout % groups:
@@ -45,23 +58,25 @@ def modulated_deform_conv(x: jax.Array, offset: jax.Array, mask: jax.Array, kern
     outs = [_deform_conv_1group(x[..., i * cin_g:(i + 1) * cin_g],
                                 offset[..., i * dgg * 18:(i + 1) * dgg * 18],
                                 mask[..., i * dgg * 9:(i + 1) * dgg * 9],
-                                kernel[..., i * cog:(i + 1) * cog], dgg)
+                                kernel[..., i * cog:(i + 1) * cog], dgg, band)
             for i in range(groups)]
     out = jnp.concatenate(outs, axis=-1)
   elif groups > 1:
-    cols = _deform_columns(x, offset, mask, dg).reshape(n, h, w, 9, groups, cin_g)
+    cols = _deform_columns(x, offset, mask, dg, band=band).reshape(n, h, w, 9, groups, cin_g)
     k = kernel.reshape(9, cin_g, groups, cout // groups)
     out = jnp.einsum("nhwkgc,kcgo->nhwgo", cols, k.astype(cols.dtype),
                      preferred_element_type=jnp.float32).reshape(n, h, w, cout)
   else:
-    out = _deform_conv_1group(x, offset, mask, kernel, dg)
-  return (out if bias is None else out + bias).astype(x.dtype)
+    out = _deform_conv_1group(x, offset, mask, kernel, dg, band)
+  out = (out if bias is None else out + bias).astype(x.dtype)
+  return out, _reads_inside(offset, dg, band, x.shape[1])
 
 
 def _deform_conv_matmul(x: jax.Array, offset: jax.Array, mask: jax.Array, kernel: jax.Array,
-                        dg: int, materialise: bool = True) -> jax.Array:
-  n, h, w, cin = x.shape
-  cols = _deform_columns(x, offset, mask, dg, materialise).reshape(n * h * w, 9 * cin)
+                        dg: int, band: Band, materialise: bool = True) -> jax.Array:
+  n, _, w, cin = x.shape
+  h = offset.shape[1]
+  cols = _deform_columns(x, offset, mask, dg, materialise, band=band).reshape(n * h * w, 9 * cin)
   # (k, Cin)-major columns against the (3, 3, Cin, Cout) kernel: one 2-D matmul.
   out = jnp.dot(cols, kernel.reshape(9 * cin, -1).astype(cols.dtype),
                 preferred_element_type=jnp.float32)
@@ -69,25 +84,26 @@ def _deform_conv_matmul(x: jax.Array, offset: jax.Array, mask: jax.Array, kernel
 
 
 def _deform_conv_1group_cpu(x: jax.Array, offset: jax.Array, mask: jax.Array, kernel: jax.Array,
-                            dg: int) -> jax.Array:
+                            dg: int, band: Band) -> jax.Array:
   n, h, w, cin = x.shape
   # Bound the (N, H, W, 9 * Cin) columns: a few frames at a time.
   step = memory.chunk_size(n, h * w * 9 * cin * 4, _COLUMN_BYTES)
   if step < n:
     # The backward pass recomputes each chunk's columns rather than keeping them all.
-    chunk_fn = memory.recomputed(lambda *a: _deform_conv_matmul(*a, dg))
+    chunk_fn = memory.recomputed(lambda *a: _deform_conv_matmul(*a, dg, band))
     return memory.map_chunks(lambda a: chunk_fn(*a, kernel), (x, offset, mask), step)
-  return _deform_conv_matmul(x, offset, mask, kernel, dg)
+  return _deform_conv_matmul(x, offset, mask, kernel, dg, band)
 
 
 def _deform_conv_1group_xla(x: jax.Array, offset: jax.Array, mask: jax.Array, kernel: jax.Array,
-                            dg: int) -> jax.Array:
-  n, h, w, _ = x.shape
+                            dg: int, band: Band) -> jax.Array:
+  n, _, w, _ = x.shape
+  h = offset.shape[1]
   step = memory.chunk_size(n, h * w * 9 * x.shape[-1] * 4, _COLUMN_BYTES)
   # A few frames at a time, each rematerialised: the gathered 2 x 2 neighbourhoods are 4x the
   # columns (and on a TPU their 4 * C / dg floats per row pad to 128 lanes), far too many to
   # keep for the backward pass or to hold for a whole test tile at once.
-  one = jax.checkpoint(lambda a: _deform_conv_matmul(*a, kernel, dg, materialise=False))
+  one = jax.checkpoint(lambda a: _deform_conv_matmul(*a, kernel, dg, band, materialise=False))
   if step == n:
     return one((x, offset, mask))
   xs = [t.reshape(n // step, step, *t.shape[1:]) for t in (x, offset, mask)]
@@ -97,8 +113,26 @@ def _deform_conv_1group_xla(x: jax.Array, offset: jax.Array, mask: jax.Array, ke
 _deform_conv_1group = kernels.dispatch(cpu=_deform_conv_1group_cpu, xla=_deform_conv_1group_xla)
 
 
+def _sample_rows(offset: jax.Array, dg: int, band: Band) -> tuple[jax.Array, jax.Array]:
+  """The first row of each bilinear sample, in x's rows and in the frame's: (N, H, W, 9, dg),
+  H the output's rows, taps (ky, kx)-major."""
+  n, h, w, _ = offset.shape
+  top, r0 = band.top, band.start
+  off = offset.astype(jnp.float32).reshape(n, h, w, dg, 9, 2).transpose(0, 1, 2, 4, 3, 5)
+  ky = np.repeat(np.arange(3) - 1, 3).reshape(-1, 1).astype(np.float32)
+  y0 = jnp.floor(np.arange(h, dtype=np.float32)[:, None, None, None] + ky + top + off[..., 0])
+  return y0, y0 - top + r0
+
+
+def _reads_inside(offset: jax.Array, dg: int, band: Band, rows: int) -> jax.Array:
+  """Whether each sample's two rows are rows of x (`rows` of them), or the sample lies wholly
+  outside the frame (weight 0)."""
+  y0, frame_y0 = _sample_rows(offset, dg, band)
+  return ((y0 >= 0) & (y0 + 1 < rows)) | (frame_y0 < -1) | (frame_y0 > band.height - 1)
+
+
 def _deform_columns(x: jax.Array, offset: jax.Array, mask: jax.Array, dg: int,
-                    materialise: bool = True) -> jax.Array:
+                    materialise: bool = True, *, band: Band | None = None) -> jax.Array:
   """The modulated, bilinearly sampled im2col columns: (N, H, W, 9, Cin), Cin ordered as in x.
 
   XLA's CPU gather costs about the same per index for a 10- or a 40-float row, so instead of one
@@ -107,12 +141,18 @@ def _deform_columns(x: jax.Array, offset: jax.Array, mask: jax.Array, dg: int,
   modulation mask is folded into the four bilinear weights, and the weighted sum is written as
   elementwise products of slices so that XLA fuses it with the gather (no (..., 4, cpg)
   intermediate). Sampling positions and weights stay in float32.
+
+  band: which frame rows x holds and the output has (those of offset and mask); default: x is
+  the whole frame.
   """
-  n, h, w, cin = x.shape
+  n, hx, w, cin = x.shape
+  h = offset.shape[1]
+  band = band or Band(0, 0, hx, hx)
+  top, r0, frame_h = band.top, band.start, band.height
   cpg = cin // dg
-  p = jnp.pad(x.reshape(n, h, w, dg, cpg), ((0, 0), (1, 1), (1, 1), (0, 0), (0, 0)))
+  p = jnp.pad(x.reshape(n, hx, w, dg, cpg), ((0, 0), (1, 1), (1, 1), (0, 0), (0, 0)))
   table = jnp.stack([p[:, :-1, :-1], p[:, :-1, 1:], p[:, 1:, :-1], p[:, 1:, 1:]], axis=4)
-  table = table.reshape(n * (h + 1) * (w + 1) * dg, 4 * cpg)
+  table = table.reshape(n * (hx + 1) * (w + 1) * dg, 4 * cpg)
 
   # Positions laid out (N, H, W, 9, dg) so that the columns come out in the kernel's order.
   off = offset.astype(jnp.float32).reshape(n, h, w, dg, 9, 2).transpose(0, 1, 2, 4, 3, 5)
@@ -120,19 +160,21 @@ def _deform_columns(x: jax.Array, offset: jax.Array, mask: jax.Array, dg: int,
   ky, kx = np.meshgrid(np.arange(3) - 1, np.arange(3) - 1, indexing="ij")
   base_y = np.arange(h, dtype=np.float32)[:, None, None, None] + ky.reshape(-1, 1)  # (H, 1, 9, 1)
   base_x = np.arange(w, dtype=np.float32)[None, :, None, None] + kx.reshape(-1, 1)  # (1, W, 9, 1)
-  py = base_y + off[..., 0]
+  py = base_y + top + off[..., 0]  # In x's rows.
   px = base_x + off[..., 1]
   y0 = jnp.floor(py)
   x0 = jnp.floor(px)
   wy1, wx1 = py - y0, px - x0
   wy0, wx0 = 1 - wy1, 1 - wx1
-  # Corners outside the image read the zero padding; samples with no corner inside get weight 0.
-  m = jnp.where((y0 >= -1) & (y0 <= h - 1) & (x0 >= -1) & (x0 <= w - 1), m, 0)
+  # Corners outside the frame read zeros (padding, or rows beyond it in a band's halo); samples
+  # with no corner inside get weight 0.
+  frame_y0 = y0 - top + r0
+  m = jnp.where((frame_y0 >= -1) & (frame_y0 <= frame_h - 1) & (x0 >= -1) & (x0 <= w - 1), m, 0)
   coefs = [(c * m).astype(x.dtype)[..., None] for c in (wy0 * wx0, wy0 * wx1, wy1 * wx0,
                                                          wy1 * wx1)]
-  yi = jnp.clip(y0.astype(jnp.int32) + 1, 0, h)
+  yi = jnp.clip(y0.astype(jnp.int32) + 1, 0, hx)
   xi = jnp.clip(x0.astype(jnp.int32) + 1, 0, w)
-  first_row = (np.arange(n, dtype=np.int32) * (h + 1))[:, None, None, None, None]
+  first_row = (np.arange(n, dtype=np.int32) * (hx + 1))[:, None, None, None, None]
   rows = ((first_row + yi) * (w + 1) + xi) * dg + np.arange(dg, dtype=np.int32)
   if materialise:
     # Materialise indices and weights once: fused into XLA CPU's gather they would be

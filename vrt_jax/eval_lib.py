@@ -280,7 +280,8 @@ def evaluate_from_config(config: Any, *, checkpoint: str, lq: str | None, gt: st
                          output_dir: str, layout: str | None = None, sigma: float = 0,
                          tile: Sequence[int] | None = None,
                          tile_overlap: Sequence[int] | None = None, save_images: bool = False,
-                         checkpoint_fallback: bool = False, log=print) -> dict[str, Any]:
+                         checkpoint_fallback: bool = False, space: int = 1,
+                         log=print) -> dict[str, Any]:
   """What `eval.py` runs: model from the config, weights, test set, table and result files.
 
   checkpoint: a released model name (downloaded and converted once), an official .pth, an
@@ -289,12 +290,14 @@ def evaluate_from_config(config: Any, *, checkpoint: str, lq: str | None, gt: st
   that fails leaves no output folder it created.
   checkpoint_fallback: for a training workdir whose latest checkpoint is unreadable, evaluate the
   latest earlier readable one (with a warning naming the skipped step) instead of failing.
+  space: devices that split each tile's rows (spatial parallelism, `sharding.space_mesh`).
   """
   import shutil
 
   from vrt_jax import checkpoint as checkpoint_lib
-  from vrt_jax import weights
+  from vrt_jax import sharding, weights
 
+  mesh = sharding.space_mesh(space) if space > 1 else None
   created = video.first_missing(Path(output_dir))
   try:
     model = build_model(config)
@@ -315,7 +318,8 @@ def evaluate_from_config(config: Any, *, checkpoint: str, lq: str | None, gt: st
         + (f", sigma {sigma:g}" if sigma else ""))
     started = time.perf_counter()
     results = evaluate(model, {"params": params}, testset, tile=tile, tile_overlap=tile_overlap,
-                       output_dir=output_dir, save_images=save_images, sigma=sigma, log=log)
+                       output_dir=output_dir, save_images=save_images, sigma=sigma, log=log,
+                       apply_fn=inference.make_apply_fn(model, mesh))
     seconds = time.perf_counter() - started
     log(format_table(results))
     frames = sum(int(np.asarray(c["frames"])) for c in results["clips"])
@@ -323,7 +327,8 @@ def evaluate_from_config(config: Any, *, checkpoint: str, lq: str | None, gt: st
         f"({frames / seconds:.2f} frames/s, compiling included)")
     write_results(results, output_dir, extra=dict(
         checkpoint=str(checkpoint), lq=lq, gt=gt, layout=layout, sigma=sigma, tile=list(tile),
-        tile_overlap=list(tile_overlap), preset=config.get("preset"), task=config.task))
+        tile_overlap=list(tile_overlap), preset=config.get("preset"), task=config.task,
+        space=space))
   except BaseException:
     if created is not None:
       shutil.rmtree(created, ignore_errors=True)

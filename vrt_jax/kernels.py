@@ -25,6 +25,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 
+from vrt_jax import spatial
+
 KERNELS_ENV = "VRT_JAX_KERNELS"
 KERNEL_CHOICES = ("cpu", "xla")
 
@@ -43,8 +45,11 @@ def forced() -> str | None:
 def dispatch(*, cpu: Callable[..., Any], xla: Callable[..., Any]) -> Callable[..., Any]:
   """A function that runs `cpu` in programs compiled for CPU and `xla` everywhere else.
 
-  Both must compute the same function, with outputs of the same shapes and dtypes. Arguments
-  may be anything (arrays, numpy constants, Python numbers): the branches close over them.
+  Programs whose rows are split over devices (vrt_jax.spatial) get `xla` on CPU too: the CPU
+  kernels flatten frames into rows of pixels and loop over chunks of them, which GSPMD can only
+  partition by gathering whole activations. Both must compute the same function, with outputs
+  of the same shapes and dtypes. Arguments may be anything (arrays, numpy constants, Python
+  numbers): the branches close over them.
   """
 
   @functools.wraps(xla)
@@ -52,6 +57,8 @@ def dispatch(*, cpu: Callable[..., Any], xla: Callable[..., Any]) -> Callable[..
     choice = forced()
     if choice is not None:
       return (cpu if choice == "cpu" else xla)(*args, **kwargs)
+    if spatial.row_split() > 1:
+      return xla(*args, **kwargs)
     return jax.lax.platform_dependent(cpu=lambda: cpu(*args, **kwargs),
                                       default=lambda: xla(*args, **kwargs))
 

@@ -102,15 +102,15 @@ LEAN_CPU_COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
 class CompiledPerShape:
   """A jitted function compiled ahead of time once per argument shape, then the heap trimmed.
 
-  Called like the function; `compiled` maps (tree structure, leaf shapes and dtypes) to the
-  compiled executable. On CPU it compiles with `cpu_compiler_options` (default
-  LEAN_CPU_COMPILER_OPTIONS; {} for XLA's defaults), falling back to the defaults where this
-  XLA does not know an option.
+  Called like the function (`jit_kwargs`, e.g. shardings, go to jax.jit); `compiled` maps
+  (tree structure, leaf shapes and dtypes) to the compiled executable. On CPU it compiles with
+  `cpu_compiler_options` (default LEAN_CPU_COMPILER_OPTIONS; {} for XLA's defaults), falling
+  back to the defaults where this XLA does not know an option.
   """
 
   def __init__(self, fn: Callable[..., Any],
-               cpu_compiler_options: dict[str, Any] | None = None):
-    self.fn = jax.jit(fn)
+               cpu_compiler_options: dict[str, Any] | None = None, **jit_kwargs: Any):
+    self.fn = jax.jit(fn, **jit_kwargs)
     self.cpu_compiler_options = dict(LEAN_CPU_COMPILER_OPTIONS if cpu_compiler_options is None
                                      else cpu_compiler_options)
     self.compiled: dict[Any, Any] = {}

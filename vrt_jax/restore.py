@@ -57,6 +57,9 @@ def build_parser(prog: str = "vrt-restore") -> argparse.ArgumentParser:
                       help="device memory for one tile; shrinks the tiles to fit")
   parser.add_argument("--tile", type=_triple, help="T,H,W (0 = whole dimension)")
   parser.add_argument("--tile_overlap", type=_triple, help="t,h,w")
+  parser.add_argument("--space", type=int, default=1, metavar="N",
+                      help="split each tile's rows over N devices (spatial parallelism; "
+                      "--memory_budget_mb is then per device)")
   parser.add_argument("--sigma", type=float,
                       help="noise level 0-255 (denoising; a workdir's config gives a default)")
   parser.add_argument("--fps", type=float, help="output frame rate (default: the input's)")
@@ -102,6 +105,12 @@ def _parse_and_check(argv: Sequence[str] | None) -> argparse.Namespace:
   finally:
     reader.close()
   video.check_output(args.output, args.output_options, input_path=args.input)
+  if args.space < 1:
+    parser.error(f"--space must be at least 1, got {args.space}")
+  if args.space > 1:
+    from vrt_jax import sharding
+
+    sharding.space_mesh(args.space)  # Enough devices? Said now, before anything loads.
   return args
 
 
@@ -118,7 +127,7 @@ def _main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   summary = restore_video(restorer, args.input, args.output, tile=args.tile,
                           tile_overlap=args.tile_overlap, memory_budget_mb=args.memory_budget_mb,
                           sigma=args.sigma, fps=args.fps, progress=not args.quiet,
-                          output=args.output_options,
+                          output=args.output_options, space=args.space,
                           log=lambda line: print(f"tiling: {line}", flush=True))
   print(f"{summary['written']} frames written ({summary['skipped']} already present) to "
         f"{args.output} in {summary['seconds']:.1f} s ({summary['frames_per_second']:.2f} "

@@ -305,7 +305,8 @@ def restore_video(restorer: Restorer, input_path: str, output_path: str, *,
                   tile: Sequence[int] | None = None, tile_overlap: Sequence[int] | None = None,
                   memory_budget_mb: float | None = None, sigma: float | None = None,
                   fps: float | None = None, progress: bool = True,
-                  output: video.OutputOptions | None = None, log: Any = None) -> dict[str, Any]:
+                  output: video.OutputOptions | None = None, log: Any = None,
+                  space: int = 1) -> dict[str, Any]:
   """Restores INPUT (frame folder / video) to OUTPUT (frame folder / video), streaming.
 
   Everything that can be checked is checked before the model runs: the input (readable, frames
@@ -319,11 +320,16 @@ def restore_video(restorer: Restorer, input_path: str, output_path: str, *,
   output: codec, CRF, pixel format, PNG bit depth, audio (`video.open_writer` picks the rest
   from the input: colour description, bit depth, audio streams).
   log: called with one line saying how the clip is tiled, before the model runs.
+  space: devices that split each tile's rows (spatial parallelism, `sharding.space_mesh`); the
+  memory budget is then per device, so tiles may be `space` times larger.
   Returns a summary: frames, written, skipped (already present), tile, tile_overlap, tiling (that
   line), sigma, fps, output (what was written: codec, pixel format, colours, audio, or the PNG
   bit depth), seconds (restoring, incl. compiling) and frames_per_second.
   """
+  from vrt_jax import sharding
+
   spec = inference.ModelSpec.from_model(restorer.model)
+  mesh = sharding.space_mesh(space) if space > 1 else None
   sigma = noise_level(restorer, sigma)
   nonblind = bool(sigma)
   if Path(input_path).resolve() == Path(output_path).resolve():
@@ -334,7 +340,8 @@ def restore_video(restorer: Restorer, input_path: str, output_path: str, *,
   written = 0
   try:
     check_input(reader)
-    budget = None if memory_budget_mb is None else int(memory_budget_mb * 2**20)
+    # The budget is per device; split over `space` devices, a tile's activations are too.
+    budget = None if memory_budget_mb is None else int(memory_budget_mb * 2**20) * space
     tile, tile_overlap = choose_tiling(
         restorer.model_kwargs, reader.num_frames, reader.height, reader.width,
         budget_bytes=budget, tile=tile, tile_overlap=tile_overlap, preset=restorer.preset)
@@ -372,7 +379,8 @@ def restore_video(restorer: Restorer, input_path: str, output_path: str, *,
     started = time.perf_counter()
     for t, frame in inference.restore_stream(
         restorer.model, restorer.variables, read, reader.num_frames, tile=tile,
-        tile_overlap=tile_overlap, frame_done=writer.exists, progress=progress):
+        tile_overlap=tile_overlap, frame_done=writer.exists, progress=progress,
+        apply_fn=inference.make_apply_fn(restorer.model, mesh)):
       writer.write(t, frame[0])
       written += 1
     writer.close()
@@ -393,7 +401,8 @@ def restore_video(restorer: Restorer, input_path: str, output_path: str, *,
     raise
   finally:
     reader.close()
-  return dict(frames=reader.num_frames, written=written, skipped=skipped, tile=list(tile),
+  return dict(frames=reader.num_frames, written=written, skipped=skipped, space=space,
+              tile=list(tile),
               tile_overlap=list(tile_overlap), tiling=tiling, sigma=sigma, fps=float(out_fps),
               output=writer.description, seconds=seconds,
               frames_per_second=written / seconds if seconds > 0 else 0.0)

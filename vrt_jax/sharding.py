@@ -1,6 +1,10 @@
-"""Data-parallel sharding: one 'data' mesh axis, batch split over it, everything else replicated.
+"""Sharding: a ('data', 'space') mesh; clips split over 'data', their height over 'space'.
 
-The same code runs on 1 CPU, N (fake) devices, a GPU, or several hosts: only the mesh changes.
+Data parallelism puts whole clips on the 'data' axis. Spatial parallelism (`config.mesh.space`
+devices per clip) splits the height of each clip, and of every activation derived from it, over
+the 'space' axis: VRT's memory is activations, so this is what lets one clip outgrow one chip.
+Parameters and optimizer state are replicated. The same code runs on 1 CPU, N (fake) devices, a
+GPU, or several hosts: only the mesh changes.
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
+SPACE_AXIS = "space"
+# A clip (B, T, H, W, C): batch over 'data', height over 'space'.
+CLIP_SPEC = PartitionSpec(DATA_AXIS, None, SPACE_AXIS)
 
 
 def maybe_initialize_distributed(coordinator_address: str = "", num_processes: int = 0,
@@ -53,20 +60,65 @@ def sync_processes(name: str, timeout_s: int = 1800) -> None:
 
 
 def make_mesh(config: ml_collections.ConfigDict) -> Mesh:
-  """A 1-D mesh over the 'data' axis with `config.num_devices` devices (0 or absent: all)."""
+  """A (data, space) mesh over `config.num_devices` devices (0 or absent: all).
+
+  `config.mesh.space` (default 1) devices split each clip's height; the rest form the data axis.
+  A clip's devices are consecutive, so within one process (one host) on a pod.
+  """
   n = int(config.get("num_devices", 0)) or jax.device_count()
+  space = int(config.get("mesh", {}).get("space", 1))
   if n > jax.device_count():
     raise ValueError(f"config.num_devices={n} but only {jax.device_count()} devices exist")
-  if config.batch_size % n:
-    raise ValueError(f"batch_size {config.batch_size} is not divisible by the {n} devices of "
-                     "the data axis")
-  return jax.make_mesh((n,), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,),
-                       devices=jax.devices()[:n])
+  if space < 1 or n % space:
+    raise ValueError(f"config.mesh.space={space} must be a divisor of the {n} devices in use "
+                     "(config.num_devices)")
+  if space > jax.local_device_count() or jax.local_device_count() % space:
+    raise ValueError(f"config.mesh.space={space} must divide the {jax.local_device_count()} "
+                     "devices of one process: a clip is split within a host, never across hosts")
+  data = n // space
+  if config.batch_size % data:
+    raise ValueError(f"batch_size {config.batch_size} is not divisible by the {data} devices of "
+                     f"the data axis ({n} devices / mesh.space {space})")
+  devices = np.asarray(jax.devices()[:n]).reshape(data, space)
+  return Mesh(devices, (DATA_AXIS, SPACE_AXIS),
+              axis_types=(jax.sharding.AxisType.Auto,) * 2)
+
+
+def space_mesh(space: int) -> Mesh:
+  """A (1, space) mesh for restoring one clip with its rows split over `space` devices."""
+  if space < 1:
+    raise ValueError(f"--space must be at least 1, got {space}")
+  if space > jax.device_count():
+    hint = (f"; on CPU, XLA_FLAGS=--xla_force_host_platform_device_count={space} makes that "
+            "many" if jax.default_backend() == "cpu" else "")
+    raise ValueError(f"--space {space} needs {space} devices, but this machine has "
+                     f"{jax.device_count()} ({jax.default_backend()}){hint}")
+  devices = np.asarray(jax.devices()[:space]).reshape(1, space)
+  return Mesh(devices, (DATA_AXIS, SPACE_AXIS), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+
+
+def space_size(mesh: Mesh) -> int:
+  """How many devices split one clip's height (1 on a data-only mesh)."""
+  return int(dict(mesh.shape).get(SPACE_AXIS, 1))
+
+
+def check_space_split(mesh: Mesh, lq_shape: tuple[int, ...]) -> None:
+  """Raises unless the LQ clip (B, T, H, W, C) splits into equal bands of rows on `mesh`.
+
+  Each band must be a whole number of the model's coarsest rows (H / 8 at VRT's 1/8 scale), so
+  every scale splits evenly.
+  """
+  space, h = space_size(mesh), int(lq_shape[2])
+  if space > 1 and h % (8 * space):
+    raise ValueError(f"mesh.space={space} cannot split the LQ height {h} evenly at every scale "
+                     f"of VRT (down to 1/8): use an LQ height that is a multiple of {8 * space} "
+                     "(e.g. data.gt_patch) or a smaller mesh.space")
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Leading (batch) dimension split over the data axis."""
-  return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+  """Clips (B, T, H, W, C): batch over the data axis, height over the space axis."""
+  spec = CLIP_SPEC if SPACE_AXIS in mesh.axis_names else PartitionSpec(DATA_AXIS)
+  return NamedSharding(mesh, spec)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -82,10 +134,15 @@ def local_batch_size(global_batch_size: int) -> int:
 
 
 def make_global_batch(local_batch: dict[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
-  """Assembles each process's numpy batch into global arrays sharded over the data axis.
+  """Assembles each process's numpy batch into global arrays sharded as `batch_sharding`.
 
-  local_batch: dict of (B_local, ...) numpy arrays; returns (B_global, ...) jax.Arrays.
+  local_batch: dict of (B_local, T, H, W, C) numpy arrays, whole clips (a clip's space devices
+  are all in one process); returns (B_global, T, H, W, C) jax.Arrays.
   """
   sharding = batch_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in local_batch.items()}
+  out = {}
+  for k, v in local_batch.items():
+    v = np.asarray(v)
+    global_shape = (v.shape[0] * jax.process_count(), *v.shape[1:])
+    out[k] = jax.make_array_from_process_local_data(sharding, v, global_shape)
+  return out

@@ -45,6 +45,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   # ----------------------------------------------------------------- mesh, model, data
   mesh = sharding.make_mesh(config)
+  sharding.check_space_split(mesh, pipeline.batch_shapes(config.data, config.batch_size)["lq"])
   model = vrt_jax.VRT(**config.model.to_dict())
   loader = pipeline.make_train_loader(
       config.data, batch_size=sharding.local_batch_size(config.batch_size), seed=config.seed,

@@ -16,7 +16,7 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
-from vrt_jax import checkpoint, losses, optim, sharding
+from vrt_jax import checkpoint, losses, optim, sharding, spatial
 
 State = dict[str, Any]  # {"step": int32 scalar, "params": tree, "opt_state": tree}
 
@@ -79,12 +79,15 @@ def abstract_state(model: Any, tx: optax.GradientTransformation, mesh: Mesh) -> 
 def jit_train_step(model: Any, tx: optax.GradientTransformation,
                    config: ml_collections.ConfigDict, mesh: Mesh, dropout_rng: jax.Array, *,
                    frozen: bool, state_sharding: Any = None) -> Callable[..., Any]:
-  """`train_step` for `config`, jitted as train.py runs it: state donated, batch split over
-  the mesh's data axis, state replicated (`state_sharding`, if the caller has it already)."""
+  """`train_step` for `config`, jitted as train.py runs it: state donated, clips split over
+  the mesh's data axis and their rows over its space axis, state replicated (`state_sharding`,
+  if the caller has it already)."""
   state_sh = state_shardings(model, tx, mesh) if state_sharding is None else state_sharding
   step = functools.partial(
       train_step, model=model, tx=tx, dropout_rng=dropout_rng, loss_eps=config.loss_eps,
       fix_keys=tuple(config.optim.fix_keys), frozen=frozen,
       nan_policy=config.nan_policy)
+  if sharding.space_size(mesh) > 1:
+    step = spatial.traced_under(mesh, step)
   return jax.jit(step, in_shardings=(state_sh, sharding.batch_sharding(mesh)),
                  out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=0)

@@ -1,5 +1,6 @@
 """The benchmark scripts: their table, and a real run of each on the tiny VRT."""
 
+import json
 import os
 import subprocess
 import sys
@@ -44,3 +45,37 @@ def test_script_runs_and_prints_table(script):
   median = float(rows[0].split("|")[6])
   assert median > 0
   assert f"reproduce: python benchmarks/{script} --preset tiny" in proc.stdout
+
+
+def test_all_gathers_are_read_from_hlo():
+  import space_hlo
+
+  hlo = "\n".join([
+      '  %a = f32[2,64,64,16]{3,2,0,1} all-gather(f32[2,32,64,16]{3,2,0,1} %x), '
+      'metadata={op_name="jit(step)/stage1/shard_map/cond/halo_fallback/all_gather"}',
+      '  %b = f32[1,2,8,8,24]{4,3,2,1,0} all-gather(f32[1,2,4,8,24] %y), '
+      'metadata={op_name="jit(step)/stage8/attention_part/reshape"}',
+      '  %c = bf16[2,64,64,3]{3,2,1,0} all-gather(bf16[2,32,64,3] %z)',
+      '  %d = f32[2,64,64,16]{3,2,0,1} add(f32[2,64,64,16] %p, f32[2,64,64,16] %q)'])
+  got = space_hlo.all_gathers(hlo, [(64, 64)])
+  assert [(g["dims"], g["fallback"], g["full_res"]) for g in got] == [
+      ((2, 64, 64, 16), True, True), ((1, 2, 8, 8, 24), False, False),
+      ((2, 64, 64, 3), False, True)]
+  assert got[0]["mib"] == 2 * 64 * 64 * 16 * 4 / 2**20  # float32
+  assert got[2]["mib"] == 2 * 64 * 64 * 3 * 2 / 2**20  # bfloat16
+
+
+@pytest.mark.slow
+def test_split_training_step_gathers_no_full_resolution_activation(tmp_path):
+  """The demo's training step with each clip's rows over 2 devices: activations stay split
+  (every full-resolution all-gather is a halo fallback) and each device holds less."""
+  out = tmp_path / "space.json"
+  proc = subprocess.run([sys.executable, "benchmarks/space_hlo.py", "--space", "2",
+                         "--json", str(out)], cwd=REPO, capture_output=True, text=True,
+                        timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "| space |" in proc.stdout and "python benchmarks/space_hlo.py" in proc.stdout
+  (row,) = json.loads(out.read_text())
+  assert row["space"] == 2 and row["full_res"] == 0
+  assert all(g["fallback"] for g in row["gathers"] if g["full_res"])
+  assert row["fallback"] > 0 and row["permutes"] > 0  # Halo exchanges, fallbacks compiled in.

@@ -192,3 +192,24 @@ def test_layout_is_inferred_with_a_reason_and_checked_against_the_model(tmp_path
     eval_lib.check_layout("paired", vfi, 0)
   with pytest.raises(ValueError, match="use --layout paired, vimeo or davis"):
     eval_lib.check_layout("vfi", plain, 0)
+
+
+@pytest.mark.slow
+def test_eval_with_rows_split_over_two_devices_scores_as_one_device(tmp_path):
+  cfg, weights = write_tiny_setup(tmp_path)
+  make_reds_like(tmp_path, clips=("000",))
+  env = {**os.environ, "JAX_PLATFORMS": "cpu",
+         "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}  # Both runs: same rounding.
+  results = {}
+  for space in (1, 2):
+    out = tmp_path / f"space{space}"
+    proc = subprocess.run(
+        [sys.executable, "eval.py", "--config", str(cfg), "--checkpoint", str(weights),
+         "--lq", str(tmp_path / "lq"), "--gt", str(tmp_path / "gt"), "--output", str(out),
+         "--tile", "6,64,64", "--tile_overlap", "2,16,16", f"--space={space}"],
+        cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results[space] = json.loads((out / "results.json").read_text())
+  assert results[2]["space"] == 2
+  for key in eval_lib.METRIC_KEYS:
+    assert results[2]["average"][key] == pytest.approx(results[1]["average"][key], abs=1e-3)

@@ -45,6 +45,47 @@ def test_mp4_round_trip_keeps_frame_count_and_rate(tmp_path):
   assert len(frames) == 7 and frames[0].shape == (64, 64, 3)
 
 
+def _restore_cli(tmp_path, name, *flags, devices=1, **extra_env):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu",
+         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", **extra_env}
+  return subprocess.run(
+      [sys.executable, "-m", "vrt_jax.restore", str(tmp_path / "in"), str(tmp_path / name),
+       "--weights", str(tmp_path / "weights"), "--quiet", *flags],
+      cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
+
+
+@pytest.mark.slow
+def test_untiled_restore_split_over_four_devices_equals_one_device(tmp_path):
+  """--space 4: each frame's rows split over 4 (fake CPU) devices, the clip restored untiled;
+  the frames equal the one-device restore within 1 level of 255.
+
+  (A one-device restore in a process that has 4 devices is not the reference: XLA's CPU
+  kernels then partition their threads otherwise, and with random weights the nearest-neighbour
+  parallel warping turns a flow that moves by a rounding error into another pixel: up to 20
+  levels here.)
+  """
+  write_tiny_setup(tmp_path)
+  video.write_video(tmp_path / "in", _clip(6, 64, 96, seed=3))
+  one = _restore_cli(tmp_path, "one", "--tile", "0,0,0")
+  assert one.returncode == 0, one.stderr[-3000:]
+  split = _restore_cli(tmp_path, "split", "--tile", "0,0,0", "--space", "4", devices=4)
+  assert split.returncode == 0, split.stderr[-3000:]
+  a = video.read_images(video.list_frames(tmp_path / "one"))
+  b = video.read_images(video.list_frames(tmp_path / "split"))
+  assert a.shape == b.shape == (6, 64, 96, 3)
+  assert np.abs(a - b).max() <= 1 / 255 + 1e-6
+
+
+def test_space_beyond_the_devices_is_a_short_error(tmp_path):
+  write_tiny_setup(tmp_path)
+  video.write_video(tmp_path / "in", _clip(6, 64, 64))
+  proc = _restore_cli(tmp_path, "out", "--space", "4")
+  assert proc.returncode == 2
+  assert "--space 4 needs 4 devices, but this machine has 1" in proc.stderr
+  assert "xla_force_host_platform_device_count=4" in proc.stderr
+  assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
+
+
 def test_frame_folder_resume_recomputes_only_missing_chunks(tmp_path):
   clip = _clip(11, 24, 40, seed=1)
   video.write_video(tmp_path / "in", clip)

@@ -1,8 +1,10 @@
-"""Data parallelism: mesh and batch placement; 1 device, 8 fake devices and 2 processes agree."""
+"""Data and spatial parallelism: mesh and batch placement; 1 device, 8 fake devices (data only,
+or 4 data x 2 space) and 2 processes agree."""
 
 import os
 import socket
 import subprocess
+import sys
 
 import jax
 import ml_collections
@@ -16,13 +18,118 @@ from vrt_jax import sharding
 def test_mesh_and_global_batch_on_local_devices():
   config = ml_collections.ConfigDict(dict(batch_size=4, num_devices=0))
   mesh = sharding.make_mesh(config)
-  assert mesh.axis_names == (sharding.DATA_AXIS,)
-  assert mesh.devices.size == jax.device_count()
-  local = {"lq": np.arange(4 * 3, dtype=np.float32).reshape(4, 3)}
+  assert mesh.axis_names == (sharding.DATA_AXIS, sharding.SPACE_AXIS)
+  assert dict(mesh.shape) == {sharding.DATA_AXIS: jax.device_count(), sharding.SPACE_AXIS: 1}
+  local = {"lq": np.arange(4 * 2 * 8 * 3 * 1, dtype=np.float32).reshape(4, 2, 8, 3, 1)}
   batch = sharding.make_global_batch(local, mesh)
-  assert batch["lq"].shape == (4, 3)
-  assert batch["lq"].sharding.spec == jax.sharding.PartitionSpec(sharding.DATA_AXIS)
+  assert batch["lq"].shape == (4, 2, 8, 3, 1)
+  assert batch["lq"].sharding.spec == sharding.CLIP_SPEC
   np.testing.assert_array_equal(np.asarray(batch["lq"]), local["lq"])
+
+
+def check_space_meshes():
+  """Mesh and batch checks that need 8 devices: run by the test below in a subprocess."""
+  assert jax.device_count() == 8
+  for space in (3, 16, 0, -2):
+    config = ml_collections.ConfigDict(dict(batch_size=8, num_devices=0, mesh=dict(space=space)))
+    with pytest.raises(ValueError, match="must be a divisor of the 8 devices"):
+      sharding.make_mesh(config)
+  config = ml_collections.ConfigDict(dict(batch_size=3, num_devices=4, mesh=dict(space=2)))
+  with pytest.raises(ValueError, match="not divisible by the 2 devices of the data axis"):
+    sharding.make_mesh(config)
+  for space in (1, 2, 4, 8):
+    config = ml_collections.ConfigDict(dict(batch_size=8 // space, num_devices=0,
+                                            mesh=dict(space=space)))
+    mesh = sharding.make_mesh(config)
+    assert dict(mesh.shape) == {sharding.DATA_AXIS: 8 // space, sharding.SPACE_AXIS: space}
+    assert sharding.space_size(mesh) == space
+    # A clip's devices are consecutive ones (one host's on a pod).
+    assert [d.id for d in mesh.devices[0]] == list(range(space))
+    # Rows split in bands over the space axis, clips over the data axis.
+    local = {"lq": np.random.default_rng(0).random((8 // space, 2, 64, 8, 3), np.float32)}
+    batch = sharding.make_global_batch(local, mesh)
+    assert {s.data.shape for s in batch["lq"].addressable_shards} == {(1, 2, 64 // space, 8, 3)}
+    np.testing.assert_array_equal(np.asarray(batch["lq"]), local["lq"])
+    # Each band holds whole rows of VRT's coarsest (1/8) scale, or the split is refused.
+    for h in (8 * space, 16 * space, 8 * space + 8, 8 * space + 4):
+      if h % (8 * space) == 0 or space == 1:
+        sharding.check_space_split(mesh, (1, 2, h, 64, 3))
+      else:
+        with pytest.raises(ValueError, match=f"multiple of {8 * space}"):
+          sharding.check_space_split(mesh, (1, 2, h, 64, 3))
+
+
+def check_halo_exchange():
+  """Warps, deformable sampling and resizing with the rows split over 4 devices: the same
+  values and gradients as on one device, whether the reach stays inside the halo or not.
+  Run by the test below in a subprocess (4 devices)."""
+  import functools
+
+  import jax.numpy as jnp
+  from jax.sharding import NamedSharding, PartitionSpec
+
+  from vrt_jax import spatial, warp
+
+  mesh = sharding.space_mesh(4)
+  rows = NamedSharding(mesh, PartitionSpec(None, sharding.SPACE_AXIS))
+  rng = np.random.default_rng(0)
+  h, w = 32, 24  # Bands of 8 rows: halos of min(HALO_ROWS, 8) = 8 rows.
+  img = rng.random((2, h, w, 6), np.float32)
+
+  def check(fn, *args):
+    want = fn(*args)
+    split = jax.jit(spatial.traced_under(mesh, fn), in_shardings=(rows,) * len(args))
+    got = split(*args)
+    assert got.sharding.spec[1] == sharding.SPACE_AXIS  # The output stays split.
+    hlo = split.lower(*args).compile().as_text()
+    assert "collective-permute" in hlo and "halo_fallback" in hlo  # Halos, and the fallback.
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-5)
+    loss = lambda *a: jnp.sum(jnp.sin(fn(*a)))  # noqa: E731
+    want_g = jax.grad(loss, argnums=tuple(range(len(args))))(*args)
+    got_g = jax.jit(jax.grad(spatial.traced_under(mesh, loss), argnums=tuple(range(len(args)))),
+                    in_shardings=(rows,) * len(args))(*args)
+    for a, b in zip(got_g, want_g, strict=True):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-4)
+
+  # A flow within the halo (no gather of the frame) and one reaching 3 bands away (fallback).
+  for reach in (3.0, 20.0):
+    flow = ((rng.random((2, h, w, 2)) - 0.5) * 2 * reach).astype(np.float32)
+    check(warp.flow_warp, img, flow)
+    check(functools.partial(warp.flow_warp, padding_mode="border"), img, flow)
+    check(warp.nearest4_warp, img, flow)
+    dg = 2
+    offset = ((rng.random((2, h, w, dg * 18)) - 0.5) * 2 * reach).astype(np.float32)
+    mask = rng.random((2, h, w, dg * 9), np.float32)
+    kernel = rng.standard_normal((3, 3, 6, 4)).astype(np.float32) * 0.1
+    bias = rng.standard_normal(4).astype(np.float32)
+    check(functools.partial(_deform_conv, kernel=kernel, bias=bias, dg=dg), img, offset, mask)
+  # Resizing: bands of the output from bands of the input (2x up, align_corners, and down).
+  check(lambda x: warp.resize_bilinear(x, (2 * h, 2 * w), align_corners=True), img)
+  check(lambda x: warp.resize_bilinear(x, (h // 2, w // 2)), img)
+  check(lambda x: warp.resize_bilinear(x, (2 * h, w // 2)), img)
+
+
+def _deform_conv(x, offset, mask, *, kernel, bias, dg):
+  from vrt_jax import deform
+
+  return deform.modulated_deform_conv(x, offset, mask, kernel, bias, dg)
+
+
+def _run_on_devices(check_name, devices):
+  here = os.path.dirname(os.path.abspath(__file__))
+  path = os.pathsep.join([here, os.path.dirname(here), REPO])
+  code = f"import test_sharding; test_sharding.{check_name}()"
+  proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=train_env(devices,
+                        PYTHONPATH=path), capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_halo_exchange_across_the_split_on_four_devices():
+  _run_on_devices("check_halo_exchange", 4)
+
+
+def test_space_meshes_on_eight_devices():
+  _run_on_devices("check_space_meshes", 8)
 
 
 def test_mesh_rejects_more_devices_than_exist():
@@ -43,6 +150,18 @@ def test_one_and_eight_devices_give_the_same_losses(tmp_path):
   np.testing.assert_allclose([b[s] for s in a], [a[s] for s in a], rtol=1e-5)
 
 
+@pytest.mark.slow
+def test_space_parallel_training_gives_the_same_losses(tmp_path):
+  """4 data x 2 space (each clip's rows split over 2 devices) trains as 1 device does."""
+  one, split = str(tmp_path / "one"), str(tmp_path / "split")
+  flags = ("--config.batch_size=4", "--config.total_steps=2", "--config.checkpoint_every=2")
+  run_train(one, *flags, num_devices=1)
+  run_train(split, *flags, "--config.mesh.space=2", num_devices=8)
+  a, b = losses(one), losses(split)
+  assert a.keys() == b.keys() == {1, 2}
+  np.testing.assert_allclose([b[s] for s in a], [a[s] for s in a], rtol=1e-5)
+
+
 def _free_port():
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
@@ -51,7 +170,8 @@ def _free_port():
 
 @pytest.mark.slow
 def test_two_processes_train_as_one_run(tmp_path):
-  """Two processes x 4 fake CPU devices (gloo over loopback) form one 8-device run.
+  """Two processes x 4 fake CPU devices (gloo over loopback) form one 8-device run, on a
+  2-D mesh as on a pod: 4 data (across the processes) x 2 space (within each).
 
   Each process loads its own shard of the data, so the batches (and losses) differ from a
   single-process run's; what must hold is one run: one metrics writer, one checkpoint holding
@@ -60,7 +180,8 @@ def test_two_processes_train_as_one_run(tmp_path):
   multi = str(tmp_path / "multi")
   port = _free_port()
   procs = [subprocess.Popen(
-      train_cmd(multi, *EIGHT, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+      train_cmd(multi, *EIGHT, "--config.mesh.space=2",
+                f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
                 f"--process_id={pid}"),
       cwd=REPO, env=train_env(4), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
       for pid in range(2)]

@@ -1,0 +1,109 @@
+"""Spatial parallelism inside the model: a frame's rows split over the mesh's 'space' axis.
+
+Under `config.mesh.space > 1` (vrt_jax.sharding) every activation (..., H, W, C) keeps its rows
+split in equal bands, one per device, and GSPMD partitions convolutions, matmuls and the shifted
+windows' rolls with neighbour exchanges. Gathers at data-dependent positions (flow warping,
+deformable sampling) it can only partition by gathering the whole activation on every device;
+`with_halo` runs them per band instead, on the band plus `halo` rows of each neighbour
+(`lax.ppermute`), and falls back to the whole activation only when some position reaches
+further (a flow longer than the halo): exact either way.
+
+The mesh comes from the trace's context (`jax.sharding.use_abstract_mesh`, set by the callers
+that split: train_step and inference); without one, or with one device on 'space', everything
+here is the plain single-device computation.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.sharding import PartitionSpec
+
+SPACE_AXIS = "space"
+# Rows of each neighbour a band sees: flows and deformable offsets (flow + up to 10 px) within
+# it need no gather of the whole activation (at scales whose bands are shorter, the band's
+# height: only direct neighbours are exchanged).
+HALO_ROWS = 16
+
+
+def row_split() -> int:
+  """Devices splitting the rows of the activations being traced (1: not split)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or SPACE_AXIS not in mesh.axis_names:
+    return 1
+  if SPACE_AXIS in getattr(mesh, "manual_axes", ()):  # Already inside a per-band function.
+    return 1
+  return int(dict(mesh.shape)[SPACE_AXIS])
+
+
+class Band(NamedTuple):
+  """Where a band of rows lies: x's row `top` is the frame's row `start`, the band's first;
+  the band has `rows` rows of a frame of `height` (the whole frame: Band(0, 0, H, H))."""
+  top: Any
+  start: Any
+  rows: int
+  height: int
+
+  def out_rows(self, out_height: int) -> tuple[Any, int]:
+    """The band's first row and row count in an output of `out_height` rows (e.g. resized)."""
+    return self.start * out_height // self.height, self.rows * out_height // self.height
+
+
+def with_halo(fn: Callable[..., tuple[jax.Array, jax.Array]], x: jax.Array, *args: jax.Array,
+              halo: int = HALO_ROWS, out_height: int | None = None) -> jax.Array:
+  """fn's output for the whole frame, computed band by band on the 'space' axis.
+
+  x: (N, H, ...), read at data-dependent rows; args: (N, H, ...) arrays aligned with the
+  output's rows (positions, offsets); out_height: the output's rows, if not H (a resize).
+  `fn(xe, *args_band, band)` gets `xe`, some rows of x around the band (`Band`: where they lie;
+  rows outside the frame are zeros) and the band's own args, and returns (out_band, ok) with ok
+  True where every read stayed inside xe. A band that is not ok makes every band recompute from
+  the whole x (gathered). Without a split (or with H or out_height not divisible by the
+  devices on 'space'), fn runs once on the whole frame.
+  """
+  space = row_split()
+  h = x.shape[1]
+  out_height = out_height or h
+  if (space == 1 or h % space or out_height % space
+      or any(a.shape[1] != h for a in args)):
+    return fn(x, *args, Band(0, 0, h, h))[0]
+  rows = h // space
+  halo = min(halo, rows)
+
+  def per_band(index: jax.Array, x: jax.Array, *args: jax.Array) -> jax.Array:
+    start = index[0] * rows
+    # The last rows of the band above and the first rows of the band below (zeros at the
+    # frame's top and bottom edges, where no device sends).
+    above = lax.ppermute(x[:, rows - halo:], SPACE_AXIS, [(i, i + 1) for i in range(space - 1)])
+    below = lax.ppermute(x[:, :halo], SPACE_AXIS, [(i + 1, i) for i in range(space - 1)])
+    out, ok = fn(jnp.concatenate([above, x, below], axis=1), *args,
+                 Band(halo, start, rows, h))
+    everywhere = lax.pmin(jnp.all(ok).astype(jnp.int32), SPACE_AXIS) > 0
+
+    def whole_frame() -> jax.Array:
+      with jax.named_scope("halo_fallback"):
+        whole = lax.all_gather(x, SPACE_AXIS, axis=1, tiled=True)
+        return fn(whole, *args, Band(start, start, rows, h))[0]
+
+    return lax.cond(everywhere, lambda: out, whole_frame)
+
+  spec = PartitionSpec(None, SPACE_AXIS)
+  # Each band's index as data: lax.axis_index would need the data axis to be manual too.
+  index = jnp.arange(space, dtype=jnp.int32)
+  return jax.shard_map(per_band, in_specs=(PartitionSpec(SPACE_AXIS),) + (spec,) * (1 + len(args)),
+                       out_specs=spec, axis_names={SPACE_AXIS})(index, x, *args)
+
+
+def traced_under(mesh: Any, fn: Callable[..., Any]) -> Callable[..., Any]:
+  """`fn`, traced knowing that its activations' rows are split as `mesh` says (to be jitted)."""
+  @functools.wraps(fn)
+  def traced(*args: Any, **kwargs: Any) -> Any:
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      return fn(*args, **kwargs)
+
+  return traced
