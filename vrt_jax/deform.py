@@ -35,12 +35,12 @@ def modulated_deform_conv(x: jax.Array, offset: jax.Array, mask: jax.Array, kern
   -> (N, H, W, Cout). Bilinear taps outside the image are zero. With the rows split over
   devices (vrt_jax.spatial), each band samples its neighbours' rows near it.
   """
-  return spatial.with_halo(functools.partial(
-      _deform_conv_band, kernel=kernel, bias=bias, dg=deformable_groups), x, offset, mask)
+  return spatial.with_halo(functools.partial(_deform_conv_band, dg=deformable_groups),
+                           x, offset, mask, consts=(kernel, bias))
 
 
-def _deform_conv_band(x: jax.Array, offset: jax.Array, mask: jax.Array, band: Band, *,
-                      kernel: jax.Array, bias: jax.Array | None, dg: int
+def _deform_conv_band(x: jax.Array, offset: jax.Array, mask: jax.Array, band: Band,
+                      kernel: jax.Array, bias: jax.Array | None, *, dg: int
                       ) -> tuple[jax.Array, jax.Array]:
   """`modulated_deform_conv` of the band's rows (those of offset and mask) from x, rows around
   the band; also whether every read was inside x."""

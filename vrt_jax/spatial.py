@@ -32,13 +32,17 @@ HALO_ROWS = 16
 
 
 def row_split() -> int:
-  """Devices splitting the rows of the activations being traced (1: not split)."""
+  """Devices splitting the rows of the program being traced (1: not split), also inside a
+  per-band function."""
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty or SPACE_AXIS not in mesh.axis_names:
     return 1
-  if SPACE_AXIS in getattr(mesh, "manual_axes", ()):  # Already inside a per-band function.
-    return 1
   return int(dict(mesh.shape)[SPACE_AXIS])
+
+
+def _in_band() -> bool:
+  """Whether the trace is inside a per-band function (`with_halo`'s: its rows are a band)."""
+  return SPACE_AXIS in getattr(jax.sharding.get_abstract_mesh(), "manual_axes", ())
 
 
 class Band(NamedTuple):
@@ -55,48 +59,53 @@ class Band(NamedTuple):
 
 
 def with_halo(fn: Callable[..., tuple[jax.Array, jax.Array]], x: jax.Array, *args: jax.Array,
-              halo: int = HALO_ROWS, out_height: int | None = None) -> jax.Array:
+              consts: tuple[Any, ...] = (), halo: int = HALO_ROWS,
+              out_height: int | None = None) -> jax.Array:
   """fn's output for the whole frame, computed band by band on the 'space' axis.
 
   x: (N, H, ...), read at data-dependent rows; args: (N, H, ...) arrays aligned with the
-  output's rows (positions, offsets); out_height: the output's rows, if not H (a resize).
-  `fn(xe, *args_band, band)` gets `xe`, some rows of x around the band (`Band`: where they lie;
-  rows outside the frame are zeros) and the band's own args, and returns (out_band, ok) with ok
-  True where every read stayed inside xe. A band that is not ok makes every band recompute from
-  the whole x (gathered). Without a split (or with H or out_height not divisible by the
-  devices on 'space'), fn runs once on the whole frame.
+  output's rows (positions, offsets); consts: arrays every band needs whole (weights; passed,
+  not closed over, so that loops inside fn see them as the band's own); out_height: the
+  output's rows, if not H (a resize). `fn(xe, *args_band, band, *consts)` gets `xe`, some rows
+  of x around the band (`Band`: where they lie; rows outside the frame are zeros) and the
+  band's own args, and returns (out_band, ok) with ok True where every read stayed inside xe. A
+  band that is not ok makes every band recompute from the whole x (gathered). Without a split
+  (or with H or out_height not divisible by the devices on 'space'), fn runs once on the whole
+  frame.
   """
   space = row_split()
   h = x.shape[1]
   out_height = out_height or h
-  if (space == 1 or h % space or out_height % space
+  if (space == 1 or _in_band() or h % space or out_height % space
       or any(a.shape[1] != h for a in args)):
-    return fn(x, *args, Band(0, 0, h, h))[0]
+    return fn(x, *args, Band(0, 0, h, h), *consts)[0]
   rows = h // space
   halo = min(halo, rows)
 
-  def per_band(index: jax.Array, x: jax.Array, *args: jax.Array) -> jax.Array:
+  def per_band(index: jax.Array, x: jax.Array, args: tuple[jax.Array, ...],
+               consts: tuple[Any, ...]) -> jax.Array:
     start = index[0] * rows
     # The last rows of the band above and the first rows of the band below (zeros at the
     # frame's top and bottom edges, where no device sends).
     above = lax.ppermute(x[:, rows - halo:], SPACE_AXIS, [(i, i + 1) for i in range(space - 1)])
     below = lax.ppermute(x[:, :halo], SPACE_AXIS, [(i + 1, i) for i in range(space - 1)])
     out, ok = fn(jnp.concatenate([above, x, below], axis=1), *args,
-                 Band(halo, start, rows, h))
+                 Band(halo, start, rows, h), *consts)
     everywhere = lax.pmin(jnp.all(ok).astype(jnp.int32), SPACE_AXIS) > 0
 
     def whole_frame() -> jax.Array:
       with jax.named_scope("halo_fallback"):
         whole = lax.all_gather(x, SPACE_AXIS, axis=1, tiled=True)
-        return fn(whole, *args, Band(start, start, rows, h))[0]
+        return fn(whole, *args, Band(start, start, rows, h), *consts)[0]
 
     return lax.cond(everywhere, lambda: out, whole_frame)
 
   spec = PartitionSpec(None, SPACE_AXIS)
   # Each band's index as data: lax.axis_index would need the data axis to be manual too.
   index = jnp.arange(space, dtype=jnp.int32)
-  return jax.shard_map(per_band, in_specs=(PartitionSpec(SPACE_AXIS),) + (spec,) * (1 + len(args)),
-                       out_specs=spec, axis_names={SPACE_AXIS})(index, x, *args)
+  in_specs = (PartitionSpec(SPACE_AXIS), spec, (spec,) * len(args), PartitionSpec())
+  return jax.shard_map(per_band, in_specs=in_specs, out_specs=spec,
+                       axis_names={SPACE_AXIS})(index, x, tuple(args), tuple(consts))
 
 
 def traced_under(mesh: Any, fn: Callable[..., Any]) -> Callable[..., Any]:
