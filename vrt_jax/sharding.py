@@ -18,8 +18,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from vrt_jax import spatial
+
 DATA_AXIS = "data"
-SPACE_AXIS = "space"
+SPACE_AXIS = spatial.SPACE_AXIS
 # A clip (B, T, H, W, C): batch over 'data', height over 'space'.
 CLIP_SPEC = PartitionSpec(DATA_AXIS, None, SPACE_AXIS)
 
