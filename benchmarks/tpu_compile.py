@@ -141,8 +141,7 @@ def worker(args: argparse.Namespace) -> None:
     config = load_config(args.config, args.set)
     devices = np.array(topo.devices)
     space = int(config.get("mesh", {}).get("space", 1))  # --set mesh.space=4: rows split.
-    mesh = Mesh(devices.reshape(-1, space), (sharding.DATA_AXIS, sharding.SPACE_AXIS),
-                axis_types=(jax.sharding.AxisType.Auto,) * 2)
+    mesh = sharding.grid_mesh(devices, space)
     model = vrt_jax.VRT(**config.model.to_dict())
     tx, _ = optim.make_optimizer(config.optim)
     state = train_step.abstract_state(model, tx, mesh)

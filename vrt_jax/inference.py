@@ -54,7 +54,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from vrt_jax import memory, sharding, spatial
@@ -174,8 +174,7 @@ def make_apply_fn(model: Any, mesh: Mesh | None = None) -> Callable[[Any, np.nda
 
   if mesh is None or sharding.space_size(mesh) == 1:
     return memory.CompiledPerShape(apply)
-  clip = NamedSharding(mesh, PartitionSpec(None, None, sharding.SPACE_AXIS))
-  replicated = NamedSharding(mesh, PartitionSpec())
+  clip, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
   compiled = memory.CompiledPerShape(spatial.traced_under(mesh, apply),
                                      in_shardings=(replicated, clip), out_shardings=clip)
   placed: list[Any] = [None, None]  # The variables last seen and their copy on the mesh.

@@ -81,9 +81,13 @@ def make_mesh(config: ml_collections.ConfigDict) -> Mesh:
   if config.batch_size % data:
     raise ValueError(f"batch_size {config.batch_size} is not divisible by the {data} devices of "
                      f"the data axis ({n} devices / mesh.space {space})")
-  devices = np.asarray(jax.devices()[:n]).reshape(data, space)
-  return Mesh(devices, (DATA_AXIS, SPACE_AXIS),
-              axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  return grid_mesh(jax.devices()[:n], space)
+
+
+def grid_mesh(devices: Any, space: int) -> Mesh:
+  """The (data, space) mesh of `devices`, `space` consecutive ones per clip."""
+  grid = np.asarray(devices).reshape(-1, space)
+  return Mesh(grid, (DATA_AXIS, SPACE_AXIS), axis_types=(jax.sharding.AxisType.Auto,) * 2)
 
 
 def space_mesh(space: int) -> Mesh:
@@ -95,8 +99,7 @@ def space_mesh(space: int) -> Mesh:
             "many" if jax.default_backend() == "cpu" else "")
     raise ValueError(f"--space {space} needs {space} devices, but this machine has "
                      f"{jax.device_count()} ({jax.default_backend()}){hint}")
-  devices = np.asarray(jax.devices()[:space]).reshape(1, space)
-  return Mesh(devices, (DATA_AXIS, SPACE_AXIS), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  return grid_mesh(jax.devices()[:space], space)
 
 
 def space_size(mesh: Mesh) -> int:
