@@ -21,6 +21,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 from flax import traverse_util
 
 from vrt_jax import shapes, tmsa
@@ -60,11 +61,28 @@ def save_state(manager: ocp.CheckpointManager, step: int, state: Any, data_iter:
       state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iter)))
 
 
+def data_saved_by(manager: ocp.CheckpointManager, step: int) -> list[str]:
+  """The data-iterator files of checkpoint `step`: one `process_<i>-of-<n>.json` per process of
+  the run that saved it."""
+  data_dir = epath.Path(manager.directory) / str(step) / "data"
+  return sorted(f.name for f in data_dir.glob("process_*-of-*.json")) if data_dir.exists() else []
+
+
+def data_layout_matches(manager: ocp.CheckpointManager, step: int) -> bool:
+  """Whether this process can rewind its data iterator from checkpoint `step`: the run that
+  saved it had as many processes as this one (grain keeps one iterator state per process).
+  A checkpoint without data files counts as matching: restoring it then reports it incomplete."""
+  saved = data_saved_by(manager, step)
+  return not saved or f"process_{jax.process_index()}-of-{jax.process_count()}.json" in saved
+
+
 def restore_state(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
                   data_iter: Any) -> Any:
   """Restores the train state onto the shardings of `abstract_state` and rewinds `data_iter`.
 
-  abstract_state: pytree of jax.ShapeDtypeStruct with `sharding` set.
+  abstract_state: pytree of jax.ShapeDtypeStruct with `sharding` set: the mesh and the process
+  count may differ from the run that saved it (Orbax reshards the arrays). data_iter None: the
+  state only (a data iterator saved by another number of processes cannot be rewound here).
   Raises ValueError naming the first leaf whose shape differs from the checkpoint.
   """
   path = os.path.join(str(manager.directory), str(step))
@@ -77,9 +95,10 @@ def restore_state(manager: ocp.CheckpointManager, step: int, abstract_state: Any
     raise CorruptCheckpointError(f"Cannot read the checkpoint at {path}: {e}") from e
   _check_shapes(tree, abstract_state, where=path)
   try:
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state),
-        data=grain.checkpoint.CheckpointRestore(data_iter)))
+    items = dict(state=ocp.args.StandardRestore(abstract_state))
+    if data_iter is not None:
+      items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+    restored = manager.restore(step, args=ocp.args.Composite(**items))
   except Exception as e:
     raise CorruptCheckpointError(f"The checkpoint at {path} is corrupt or incomplete: {e}") from e
   return restored["state"]

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import itertools
 import json
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -171,7 +172,8 @@ def evaluate(model: Any, variables: Any, testset: Iterable[testsets.TestClip], *
              tile: Sequence[int], tile_overlap: Sequence[int], output_dir: str | None = None,
              save_images: bool = False, apply_fn: inference.ApplyFn | None = None,
              sigma: float = 0, comparison_path: str | os.PathLike | None = None,
-             comparison_min_height: int = 0, log=print) -> dict[str, Any]:
+             comparison_min_height: int = 0, clips_per_call: int = 1,
+             log=print) -> dict[str, Any]:
   """Restores every clip, scores the frames named by `out_index`, averages per clip then overall.
 
   sigma: the noise level (0-255) of a paired denoising set's inputs, for a non-blind denoiser:
@@ -184,25 +186,50 @@ def evaluate(model: Any, variables: Any, testset: Iterable[testsets.TestClip], *
   instead (with or without `output_dir`); comparison_min_height: see `save_comparison`.
   apply_fn: the compiled forward pass (`inference.make_apply_fn`); pass the same one to every
   call (e.g. each validation of a training run) so that it compiles once.
+  clips_per_call: clips restored side by side, one per group of devices on the data axis of
+  `apply_fn`'s mesh (`sharding.data_size`); consecutive clips of one shape go together.
   """
   spec = inference.ModelSpec.from_model(model)
   apply_fn = apply_fn or inference.make_apply_fn(model)
   rows: list[dict[str, Any]] = []
   if output_dir:
     video.probe_writable(output_dir)  # Fail now, not after restoring the whole test set.
-  for i, clip in enumerate(testset):
-    clip = with_noise_map(clip, spec.in_channels, sigma)
-    lq = np.asarray(clip.lq)
-    if lq.ndim != 4:
-      raise ValueError(f"clip {clip.name}: LQ must be (T, H, W, C); got shape {lq.shape}")
-    _check_pair(clip, 1 if spec.is_interpolation else lq.shape[0], spec.scale)
-    if i == 0:
-      log(f"{clip.name:24s} compiling the model for its tiles, then restoring")
+
+  def checked(clips: Iterable[testsets.TestClip]) -> Iterator[testsets.TestClip]:
+    for i, clip in enumerate(clips):
+      clip = with_noise_map(clip, spec.in_channels, sigma)
+      lq = np.asarray(clip.lq)
+      if lq.ndim != 4:
+        raise ValueError(f"clip {clip.name}: LQ must be (T, H, W, C); got shape {lq.shape}")
+      _check_pair(clip, 1 if spec.is_interpolation else lq.shape[0], spec.scale)
+      if i == 0:
+        log(f"{clip.name:24s} compiling the model for its tiles, then restoring")
+      yield clip
+
+  def restore(group: list[testsets.TestClip]) -> list[np.ndarray]:
+    # A short last group repeats its last clip: every call has the batch the mesh was split for.
+    lqs = [np.asarray(c.lq) for c in group]
+    lqs += lqs[-1:] * (clips_per_call - len(group))
     try:
-      out = inference.restore(model, variables, lq[None], tile=tile, tile_overlap=tile_overlap,
-                              apply_fn=apply_fn, progress=False)[0]
+      out = inference.restore(model, variables, np.stack(lqs), tile=tile,
+                              tile_overlap=tile_overlap, apply_fn=apply_fn, progress=False)
     except ValueError as e:
-      raise ValueError(f"clip {clip.name}: {e}") from e
+      raise ValueError(f"clip {group[0].name}: {e}" if len(group) == 1 else
+                       f"clips {', '.join(c.name for c in group)}: {e}") from e
+    return list(out[:len(group)])
+
+  def restored(clips: Iterable[testsets.TestClip]
+               ) -> Iterator[tuple[testsets.TestClip, np.ndarray]]:
+    group: list[testsets.TestClip] = []
+    for clip in itertools.chain(clips, [None]):
+      if group and (clip is None or len(group) == clips_per_call
+                    or np.shape(clip.lq) != np.shape(group[0].lq)):
+        yield from zip(group, restore(group), strict=True)
+        group = []
+      if clip is not None:
+        group.append(clip)
+
+  for i, (clip, out) in enumerate(restored(checked(testset))):
     scored = out[clip.out_index]
     row: dict[str, Any] = {"name": clip.name, "frames": len(clip.out_index)}
     if clip.gt is not None:
@@ -290,14 +317,16 @@ def evaluate_from_config(config: Any, *, checkpoint: str, lq: str | None, gt: st
   that fails leaves no output folder it created.
   checkpoint_fallback: for a training workdir whose latest checkpoint is unreadable, evaluate the
   latest earlier readable one (with a warning naming the skipped step) instead of failing.
-  space: devices that split each tile's rows (spatial parallelism, `sharding.space_mesh`).
+  space: devices that split each tile's rows (spatial parallelism, `sharding.space_mesh`); the
+  process's remaining devices form the data axis, over which whole clips are spread.
   """
   import shutil
 
   from vrt_jax import checkpoint as checkpoint_lib
   from vrt_jax import sharding, weights
 
-  mesh = sharding.space_mesh(space) if space > 1 else None
+  mesh = sharding.space_mesh(space, spread=True)
+  clips_per_call = sharding.data_size(mesh)
   created = video.first_missing(Path(output_dir))
   try:
     model = build_model(config)
@@ -315,11 +344,15 @@ def evaluate_from_config(config: Any, *, checkpoint: str, lq: str | None, gt: st
     tile = tuple(tile) if tile else default_tile
     tile_overlap = tuple(tile_overlap) if tile_overlap else default_overlap
     log(f"{len(testset)} clips, layout {layout} ({why}), tile {tile}, overlap {tile_overlap}"
-        + (f", sigma {sigma:g}" if sigma else ""))
+        + (f", sigma {sigma:g}" if sigma else "")
+        + (f"; {clips_per_call} clips at a time on {mesh.size} devices"
+           if clips_per_call > 1 else "")
+        + (f"; each clip's rows split over {space} devices" if space > 1 else ""))
     started = time.perf_counter()
     results = evaluate(model, {"params": params}, testset, tile=tile, tile_overlap=tile_overlap,
                        output_dir=output_dir, save_images=save_images, sigma=sigma, log=log,
-                       apply_fn=inference.make_apply_fn(model, mesh))
+                       apply_fn=inference.make_apply_fn(model, mesh),
+                       clips_per_call=clips_per_call)
     seconds = time.perf_counter() - started
     log(format_table(results))
     frames = sum(int(np.asarray(c["frames"])) for c in results["clips"])
@@ -328,7 +361,7 @@ def evaluate_from_config(config: Any, *, checkpoint: str, lq: str | None, gt: st
     write_results(results, output_dir, extra=dict(
         checkpoint=str(checkpoint), lq=lq, gt=gt, layout=layout, sigma=sigma, tile=list(tile),
         tile_overlap=list(tile_overlap), preset=config.get("preset"), task=config.task,
-        space=space))
+        space=space, devices=mesh.size))
   except BaseException:
     if created is not None:
       shutil.rmtree(created, ignore_errors=True)

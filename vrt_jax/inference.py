@@ -167,12 +167,13 @@ def make_apply_fn(model: Any, mesh: Mesh | None = None) -> Callable[[Any, np.nda
 
   mesh: with several devices on its 'space' axis (`sharding.space_mesh`), each call splits the
   clip's rows over them and the model's activations stay split (spatial parallelism: a tile
-  `space` times larger fits); outputs equal the one-device ones up to float32 rounding.
+  `space` times larger fits); outputs equal the one-device ones up to float32 rounding. With
+  several on its 'data' axis, a call's batch of clips (a multiple of that axis) is spread over it.
   """
   def apply(variables: Any, x: Any) -> Any:
     return model.apply(variables, x)
 
-  if mesh is None or sharding.space_size(mesh) == 1:
+  if mesh is None or mesh.size == 1:
     return memory.CompiledPerShape(apply)
   clip, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
   compiled = memory.CompiledPerShape(spatial.traced_under(mesh, apply),

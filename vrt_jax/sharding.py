@@ -90,16 +90,32 @@ def grid_mesh(devices: Any, space: int) -> Mesh:
   return Mesh(grid, (DATA_AXIS, SPACE_AXIS), axis_types=(jax.sharding.AxisType.Auto,) * 2)
 
 
-def space_mesh(space: int) -> Mesh:
-  """A (1, space) mesh for restoring one clip with its rows split over `space` devices."""
+def space_mesh(space: int, *, spread: bool = False) -> Mesh:
+  """A mesh of this process's devices for restoring clips, each clip's rows split over `space`
+  devices: (1, space), or with `spread` (evaluating a test set) (data, space) over as many of
+  the devices as divide into groups of `space`, one clip per group at a time."""
+  devices = jax.local_devices()
   if space < 1:
     raise ValueError(f"--space must be at least 1, got {space}")
-  if space > jax.device_count():
+  if space > len(devices):
     hint = (f"; on CPU, XLA_FLAGS=--xla_force_host_platform_device_count={space} makes that "
             "many" if jax.default_backend() == "cpu" else "")
     raise ValueError(f"--space {space} needs {space} devices, but this machine has "
-                     f"{jax.device_count()} ({jax.default_backend()}){hint}")
-  return grid_mesh(jax.devices()[:space], space)
+                     f"{len(devices)} ({jax.default_backend()}){hint}")
+  return grid_mesh(devices[:len(devices) // space * space if spread else space], space)
+
+
+def local_mesh(mesh: Mesh, max_data: int | None = None) -> Mesh:
+  """This process's devices of a (data, space) mesh, with its space axis and at most `max_data`
+  on its data axis: a mesh for work each process does on its own (validation in training)."""
+  space = space_size(mesh)
+  mine = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+  return grid_mesh(mine[:space * max(1, max_data)] if max_data else mine, space)
+
+
+def data_size(mesh: Mesh | None) -> int:
+  """How many clips a mesh processes side by side (its data axis; 1 without a mesh)."""
+  return 1 if mesh is None else int(dict(mesh.shape).get(DATA_AXIS, 1))
 
 
 def space_size(mesh: Mesh) -> int:

@@ -77,8 +77,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   state = None
   while start is not None:
     logging.info("Resuming from %s/%d", manager.directory, start)
+    same_processes = checkpoint.data_layout_matches(manager, start)
+    if not same_processes:
+      # grain keeps one iterator state per process: with another process count the order cannot
+      # continue where it was, so it starts afresh, seeded by the step (no replay of step 1's).
+      logging.warning(
+          "Checkpoint %d was saved by a run with %s processes and this one has %d: parameters and "
+          "optimizer state resume, the data order restarts (shuffle seed %d + %d).", start,
+          len(checkpoint.data_saved_by(manager, start)), jax.process_count(), config.seed, start)
+      if hasattr(data_iter, "close"):
+        data_iter.close()
+      loader = pipeline.make_train_loader(
+          config.data, batch_size=sharding.local_batch_size(config.batch_size), seed=config.seed,
+          process_index=jax.process_index(), process_count=jax.process_count(),
+          shuffle_seed=config.seed + start)
+      data_iter = iter(loader)
     try:
-      state = checkpoint.restore_state(manager, start, abstract_state, data_iter)
+      state = checkpoint.restore_state(manager, start, abstract_state,
+                                       data_iter if same_processes else None)
       break
     except checkpoint.CorruptCheckpointError as e:
       earlier = [s for s in manager.all_steps() if s < start]
@@ -202,10 +218,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if val_clips is None:
           val_clips = pipeline.make_val_clips(config.data, num_clips=config.data.val_clips,
                                               seed=config.seed + 1)
-          val_apply = inference.make_apply_fn(model)  # One compilation for every validation.
+          # This process's devices: whole clips over the data axis, rows split as in training.
+          # One compilation for every validation.
+          val_mesh = sharding.local_mesh(mesh, max_data=len(val_clips))
+          val_apply = inference.make_apply_fn(model, val_mesh)
         sample = os.path.join(workdir, "samples", f"step_{step:07d}.png") if is_main else None
         val = validate(model, jax.device_get(state["params"]), val_clips, config,
-                       apply_fn=val_apply, sample_path=sample)
+                       apply_fn=val_apply, sample_path=sample,
+                       clips_per_call=sharding.data_size(val_mesh))
         logging.info("step %d: %s", step, val)
         sharding.sync_processes(f"validated_{step}")
         record.update({"step": step, **val})
@@ -230,7 +250,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 def validate(model: Any, params: Any, clips: list[dict[str, Any]],
              config: ml_collections.ConfigDict, *, apply_fn: inference.ApplyFn | None = None,
-             sample_path: str | None = None) -> dict[str, float]:
+             sample_path: str | None = None, clips_per_call: int = 1) -> dict[str, float]:
   """Scores the held-out clips as eval.py scores a test set (`eval_lib.evaluate`).
 
   clips: dicts with lq (T, h, w, Cin), gt (T_out, H, W, 3) and name (`pipeline.make_val_clips`).
@@ -238,7 +258,8 @@ def validate(model: Any, params: Any, clips: list[dict[str, Any]],
   input frame stands for each output (not frame interpolation), val_psnr_input: the input's PSNR,
   bicubic-upscaled for super-resolution. With `sample_path`, writes the first clip's middle
   frame there: input | output | ground truth, small crops enlarged. Pass the same `apply_fn` to
-  every validation of a run so the forward pass compiles once.
+  every validation of a run so the forward pass compiles once; clips_per_call: the data axis of
+  its mesh (`eval_lib.evaluate`).
   """
   testset = [testsets.TestClip(c.get("name", f"clip{i}"), c["lq"], c["gt"],
                                list(range(len(c["gt"]))), [f"{t:08d}" for t in range(len(c["gt"]))])
@@ -246,6 +267,7 @@ def validate(model: Any, params: Any, clips: list[dict[str, Any]],
   results = eval_lib.evaluate(model, {"params": params}, testset, tile=tuple(config.eval.tile),
                               tile_overlap=tuple(config.eval.tile_overlap), apply_fn=apply_fn,
                               comparison_path=sample_path, comparison_min_height=256,
+                              clips_per_call=clips_per_call,
                               log=logging.info)
   average = results["average"]
   out = {"val_psnr": average["psnr"], "val_ssim": average["ssim"]}

@@ -195,21 +195,30 @@ def test_layout_is_inferred_with_a_reason_and_checked_against_the_model(tmp_path
 
 
 @pytest.mark.slow
-def test_eval_with_rows_split_over_two_devices_scores_as_one_device(tmp_path):
+def test_eval_spreads_clips_and_splits_rows_over_devices_and_scores_as_one_device(tmp_path):
+  """3 clips on 2 devices: two at a time (data axis; the last call pads with its clip), or each
+  clip's rows over both (--space 2); both score every clip as a one-device process does."""
   cfg, weights = write_tiny_setup(tmp_path)
-  make_reds_like(tmp_path, clips=("000",))
-  env = {**os.environ, "JAX_PLATFORMS": "cpu",
-         "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}  # Both runs: same rounding.
-  results = {}
-  for space in (1, 2):
-    out = tmp_path / f"space{space}"
+  make_reds_like(tmp_path, clips=("000", "001", "002"))
+  results, logs = {}, {}
+  for name, devices, space in (("one", 1, 1), ("spread", 2, 1), ("split", 2, 2)):
+    out = tmp_path / name
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
     proc = subprocess.run(
         [sys.executable, "eval.py", "--config", str(cfg), "--checkpoint", str(weights),
          "--lq", str(tmp_path / "lq"), "--gt", str(tmp_path / "gt"), "--output", str(out),
          "--tile", "6,64,64", "--tile_overlap", "2,16,16", f"--space={space}"],
         cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    results[space] = json.loads((out / "results.json").read_text())
-  assert results[2]["space"] == 2
-  for key in eval_lib.METRIC_KEYS:
-    assert results[2]["average"][key] == pytest.approx(results[1]["average"][key], abs=1e-3)
+    results[name] = json.loads((out / "results.json").read_text())
+    logs[name] = proc.stdout + proc.stderr
+  assert "2 clips at a time on 2 devices" in logs["spread"]
+  assert "each clip's rows split over 2 devices" in logs["split"]
+  assert "at a time" not in logs["split"]
+  assert (results["split"]["space"], results["split"]["devices"]) == (2, 2)
+  for name in ("spread", "split"):
+    assert [c["name"] for c in results[name]["clips"]] == ["000", "001", "002"]
+    for got, want in zip(results[name]["clips"], results["one"]["clips"], strict=True):
+      for key in eval_lib.METRIC_KEYS:
+        assert got[key] == pytest.approx(want[key], abs=1e-3), (name, got["name"], key)

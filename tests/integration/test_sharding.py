@@ -57,6 +57,15 @@ def check_space_meshes():
       else:
         with pytest.raises(ValueError, match=f"multiple of {8 * space}"):
           sharding.check_space_split(mesh, (1, 2, h, 64, 3))
+    # Restoring: one clip over `space` devices, or (evaluating a test set) clips spread over
+    # the remaining devices; validation takes at most one group of devices per clip.
+    assert dict(sharding.space_mesh(space).shape) == {"data": 1, "space": space}
+    assert sharding.data_size(sharding.space_mesh(space, spread=True)) == 8 // space
+    val = sharding.local_mesh(mesh, max_data=2)
+    assert dict(val.shape) == {"data": min(2, 8 // space), "space": space}
+    assert [d.id for d in val.devices.flat] == list(range(val.size))
+  assert sharding.data_size(sharding.space_mesh(3, spread=True)) == 2  # 6 of the 8 devices.
+  assert sharding.data_size(None) == 1
 
 
 def check_halo_exchange():
@@ -171,7 +180,8 @@ def _free_port():
 @pytest.mark.slow
 def test_two_processes_train_as_one_run(tmp_path):
   """Two processes x 4 fake CPU devices (gloo over loopback) form one 8-device run, on a
-  2-D mesh as on a pod: 4 data (across the processes) x 2 space (within each).
+  2-D mesh as on a pod: 4 data (across the processes) x 2 space (within each), and its
+  checkpoint resumes in one process with another mesh.
 
   Each process loads its own shard of the data, so the batches (and losses) differ from a
   single-process run's; what must hold is one run: one metrics writer, one checkpoint holding
@@ -194,3 +204,14 @@ def test_two_processes_train_as_one_run(tmp_path):
     assert len(f.readlines()) == 2  # Only process 0 writes.
   data_dir = os.path.join(multi, "checkpoints", "2", "data")
   assert {"process_0-of-2.json", "process_1-of-2.json"} <= set(os.listdir(data_dir))
+
+  # The same checkpoint resumes in one process on another mesh (1 data x 2 space): the state
+  # reshards, and the data order restarts because grain's iterator states are per process.
+  proc = run_train(multi, *EIGHT, "--config.total_steps=3", "--config.checkpoint_every=1",
+                   "--config.mesh.space=2", num_devices=2)
+  assert "saved by a run with 2 processes and this one has 1" in proc.stderr
+  got = losses(multi)
+  assert sorted(got) == [1, 2, 3] and np.isfinite(got[3])
+  saved = [f for f in os.listdir(os.path.join(multi, "checkpoints", "3", "data"))
+           if f.endswith(".json")]
+  assert saved == ["process_0-of-1.json"]

@@ -102,6 +102,36 @@ def test_training_checkpoint_restores_state_and_data_iterator(tmp_path):
   manager.close()
 
 
+def test_checkpoint_of_another_process_count_restores_the_state_only(tmp_path):
+  """A checkpoint saved by a 2-process run, resumed by one process: grain's iterator states are
+  per process, so only the state restores (train_lib then restarts the data order)."""
+  model, _ = _model()
+  params = jax.tree.map(jnp.asarray, _random_params(model))
+  manager = checkpoint.make_manager(str(tmp_path), max_to_keep=2)
+  checkpoint.save_state(manager, 5, _state(params),
+                        iter(grain.MapDataset.range(9).to_iter_dataset()))
+  manager.wait_until_finished()
+  assert checkpoint.data_saved_by(manager, 5) == ["process_0-of-1.json"]
+  assert checkpoint.data_layout_matches(manager, 5)
+  data_dir = tmp_path / checkpoint.CHECKPOINT_DIR / "5" / "data"
+  state_json = (data_dir / "process_0-of-1.json").read_text()
+  (data_dir / "process_0-of-1.json").unlink()
+  for i in range(2):  # As two processes would have written them.
+    (data_dir / f"process_{i}-of-2.json").write_text(state_json)
+  assert not checkpoint.data_layout_matches(manager, 5)
+
+  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                          _state(params))
+  with pytest.raises(checkpoint.CorruptCheckpointError, match="process_0-of-1.json"):
+    checkpoint.restore_state(manager, 5, abstract,
+                             iter(grain.MapDataset.range(9).to_iter_dataset()))
+  restored = checkpoint.restore_state(manager, 5, abstract, None)
+  assert int(restored["step"]) == int(_state(params)["step"])
+  jax.tree.map(np.testing.assert_array_equal, restored["params"], params)
+  manager.close()
+
+
 def test_transfer_params_copies_matching_leaves_and_reports_the_rest():
   """Fine-tuning 003/004 from 002: only the parallel-warping weights differ in shape."""
   from vrt_jax import convert, presets

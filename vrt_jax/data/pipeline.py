@@ -365,13 +365,14 @@ class TrainSample(grain.transforms.RandomMap):
 
 
 def make_train_loader(data_cfg: Any, *, batch_size: int, seed: int, process_index: int = 0,
-                      process_count: int = 1, skip_bad_samples: bool | None = None
-                      ) -> grain.DataLoader:
+                      process_count: int = 1, skip_bad_samples: bool | None = None,
+                      shuffle_seed: int | None = None) -> grain.DataLoader:
   """A grain DataLoader of endless shuffled training batches for this process.
 
   Yields dicts of float32 numpy arrays: `lq` (batch_size, T, h, w, Cin) and `gt`
   (batch_size, T_out, H, W, 3); T_out = 1 for interpolation. `batch_size` is per process; keys are
   sharded by process. The iterator's state saves and restores with grain.checkpoint.
+  shuffle_seed: the order's seed (default `seed`, which also makes synthetic clips).
 
   A missing or undecodable image raises `layouts.BadSampleError` naming the file; with
   `skip_bad_samples` (default: the config's `data.skip_bad_samples`) the sample is
@@ -392,7 +393,7 @@ def make_train_loader(data_cfg: Any, *, batch_size: int, seed: int, process_inde
       num_records=len(keys),
       shard_options=grain.sharding.ShardOptions(shard_index=process_index,
                                                 shard_count=process_count, drop_remainder=True),
-      shuffle=True, num_epochs=None, seed=seed)
+      shuffle=True, num_epochs=None, seed=seed if shuffle_seed is None else shuffle_seed)
   return grain.DataLoader(
       data_source=_Indices(len(keys), f"source={s.source}, layout={s.layout}, "
                                       f"degradation={s.degradation}"),
