@@ -206,9 +206,9 @@ def _richardson_lucy(clip: Clip, num_iter: int, sigma: float | None, scale: int)
 UPSCALERS: dict[str, Method] = {m.name: m for m in (
     Method("bicubic", "bicubic (MATLAB imresize)", _bicubic, (None,), ("bi", "bd")),
     Method("lanczos", "Lanczos", _lanczos, (2, 3, 4), ("bi", "bd")),
-    Method("bicubic_wiener", "bicubic + Wiener (true kernel)", _wiener,
+    Method("bicubic_wiener", "bicubic + Wiener, true kernel", _wiener,
            (0.01, 0.03, 0.1, 0.3, 1.0), ("bd",)),
-    Method("bicubic_rl", "bicubic + Richardson-Lucy (true kernel)", _richardson_lucy,
+    Method("bicubic_rl", "bicubic + Richardson-Lucy, true kernel", _richardson_lucy,
            (5, 10, 15, 25), ("bd",)),
 )}
 

@@ -400,7 +400,7 @@ def write_side_by_side(path: str, clip: dict[str, Any], out: np.ndarray, *,
     best = baseline["best"]
     restored = classical.restore(best, lq, baseline["settings"][best], sigma=baseline["sigma"],
                                  scale=baseline.get("scale"))
-    panels.append((with_db(f"best classical: {baseline['labels'][best]}", restored[t]),
+    panels.append((with_db(f"best classical:\n{baseline['labels'][best]}", restored[t]),
                    restored[t]))
   panels += [(with_db("VRT", out[t]), out[t]), ("ground truth", gt[t])]
   figures.side_by_side(path, panels, title=title)
@@ -451,10 +451,10 @@ def summary_text(summary: dict[str, Any]) -> str:
   """The summary as a small table, the margin over the best classical method and the figures."""
   lines = [f"Held-out validation clips ({summary['clips']}), step {summary['step']} of "
            f"{summary['total_steps']}:",
-           f"  {'method':34s} {'PSNR (dB)':>9s} {'SSIM':>7s}"]
+           f"  {'method':40s} {'PSNR (dB)':>9s} {'SSIM':>7s}"]
   for row in summary["rows"]:
     mark = "  <- best classical" if row.get("best_classical") else ""
-    lines.append(f"  {row['method']:34s} {row['psnr']:9.2f} {row['ssim']:7.4f}{mark}")
+    lines.append(f"  {row['method']:40s} {row['psnr']:9.2f} {row['ssim']:7.4f}{mark}")
   line = f"Validation PSNR at step {summary['step']}: output {summary['val_psnr']:.2f} dB"
   if summary.get("val_psnr_input") is not None:
     line += f", input {summary['val_psnr_input']:.2f} dB"
