@@ -36,6 +36,9 @@ def recipe(preset: str | None, *, task: str, scale: int) -> ml_collections.Confi
   config.eval_every = 5_000  # 0: at the end only; -1: never.
   # Fine-tune from an official .pth, an exported params dir or a training workdir ('' = scratch).
   config.init_from = ""
+  # Start the output convolution at zero (the network then starts as the identity through its
+  # residual connection); the reference initialises it at random.
+  config.zero_init_last = False
   # The released model that init_from was saved from, when it is not this config's model.
   config.init_from_preset = ""
   # Non-finite loss or gradient: 'stop' (name the step and the last good checkpoint) or 'skip'
@@ -54,9 +57,12 @@ def recipe(preset: str | None, *, task: str, scale: int) -> ml_collections.Confi
 
   # Validation: PSNR on data.val_clips held-out clips (the first data.val_frames frames, centre
   # crops of data.val_size) through the official tiled test procedure.
+  # baselines: also score the task's classical methods (denoising: vrt_jax.baselines), each
+  # tuned on baseline_tune_clips clips made from the training data, and report the best.
   config.eval = ml_collections.ConfigDict(dict(
       tile=tuple(presets.TEST_SETTINGS[preset]["tile"]) if preset else (0, 0, 0),
-      tile_overlap=tuple(presets.TEST_SETTINGS[preset]["tile_overlap"]) if preset else (0, 0, 0)))
+      tile_overlap=tuple(presets.TEST_SETTINGS[preset]["tile_overlap"]) if preset else (0, 0, 0),
+      baselines=False, baseline_tune_clips=4))
 
   # Every data option, at the library's default (pipeline.DATA_DEFAULTS: the one place they are
   # written, with what each means; None = derived from the others), then the recipe's own values.

@@ -35,7 +35,14 @@ def main(argv):
 
   result = train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   logging.info("Finished: %s", result)
-  if "val_psnr" in result:
+  if result.get("already_finished"):
+    print(f"{FLAGS.workdir} already holds this run's last step ({result['step']} of "
+          f"{FLAGS.config.total_steps}): nothing to train. Delete it or pass another --workdir "
+          "to train again.", flush=True)
+  summary = train_lib.read_summary(FLAGS.workdir)
+  if summary and summary["step"] == result["step"]:
+    print(train_lib.summary_text(summary), flush=True)
+  elif "val_psnr" in result:
     line = f"Validation PSNR at step {result['step']}: output {result['val_psnr']:.2f} dB"
     if "val_psnr_input" in result:
       line += f", input {result['val_psnr_input']:.2f} dB"

@@ -12,7 +12,7 @@ import itertools
 import json
 import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -173,6 +173,7 @@ def evaluate(model: Any, variables: Any, testset: Iterable[testsets.TestClip], *
              save_images: bool = False, apply_fn: inference.ApplyFn | None = None,
              sigma: float = 0, comparison_path: str | os.PathLike | None = None,
              comparison_min_height: int = 0, clips_per_call: int = 1,
+             comparison_fn: Callable[[testsets.TestClip, np.ndarray], None] | None = None,
              log=print) -> dict[str, Any]:
   """Restores every clip, scores the frames named by `out_index`, averages per clip then overall.
 
@@ -184,6 +185,8 @@ def evaluate(model: Any, variables: Any, testset: Iterable[testsets.TestClip], *
   input | output | ground truth at the output's full size: `save_comparison`) and, with
   `save_images`, `<output_dir>/<clip>/<frame>.png`. comparison_path: the comparison's file
   instead (with or without `output_dir`); comparison_min_height: see `save_comparison`.
+  comparison_fn: called with the first clip and its scored output frames to draw a comparison
+  of its own (training's labelled side-by-side), in place of `save_comparison`.
   apply_fn: the compiled forward pass (`inference.make_apply_fn`); pass the same one to every
   call (e.g. each validation of a training run) so that it compiles once.
   clips_per_call: clips restored side by side, one per group of devices on the data axis of
@@ -249,7 +252,9 @@ def evaluate(model: Any, variables: Any, testset: Iterable[testsets.TestClip], *
       clip_dir.mkdir(parents=True, exist_ok=True)
       for name, frame in zip(clip.frame_names, scored, strict=True):
         video.write_image(clip_dir / f"{name}.png", frame)
-    if i == 0 and (comparison_path or output_dir):
+    if i == 0 and comparison_fn is not None:
+      comparison_fn(clip, scored)
+    elif i == 0 and (comparison_path or output_dir):
       mid = len(clip.out_index) // 2
       lq_frame = clip.lq[min(clip.out_index[mid], clip.lq.shape[0] - 1)]
       save_comparison(comparison_path or Path(output_dir) / "comparison.png", lq_frame,

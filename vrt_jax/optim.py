@@ -36,6 +36,13 @@ def cosine_restarts(base_lr: float, period: int, eta_min: float) -> optax.Schedu
   return schedule
 
 
+def linear_warmup(schedule: optax.Schedule, steps: int) -> optax.Schedule:
+  """`schedule` scaled by (t + 1) / steps for the first `steps` updates (no effect after)."""
+  if steps <= 0:
+    return schedule
+  return lambda count: schedule(count) * jnp.minimum(1.0, (count + 1.0) / steps)
+
+
 def is_fixed(path: str, fix_keys: Sequence[str]) -> bool:
   """Whether a parameter, named by its key path, belongs to the frozen-then-scaled group."""
   return any(key in path for key in fix_keys)
@@ -82,11 +89,13 @@ def make_optimizer(optim: ml_collections.ConfigDict
                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """Adam with the VRT schedule and the frozen-then-scaled SpyNet / DCN group.
 
-  `optim` keys: lr, b1, b2, eps, lr_period, lr_eta_min, fix_iter, fix_lr_mul, fix_keys.
+  `optim` keys: lr, b1, b2, eps, lr_period, lr_eta_min, fix_iter, fix_lr_mul, fix_keys and
+  optionally warmup_steps (linear warm-up of the whole schedule; default 0, as KAIR).
   Returns (transformation, schedule); schedule(step) is the learning rate of the other params at
   update `step` (0-based); the fixed group gets schedule(step) * fix_lr_mul once released.
   """
-  schedule = cosine_restarts(optim.lr, optim.lr_period, optim.lr_eta_min)
+  schedule = linear_warmup(cosine_restarts(optim.lr, optim.lr_period, optim.lr_eta_min),
+                           int(optim.get("warmup_steps", 0)))
   fix_iter = int(optim.fix_iter)
   fix_lr_mul = float(optim.fix_lr_mul)
 

@@ -11,9 +11,11 @@ k-th update, and update k (1-based) uses learning rate schedule(k - 1).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import threading
 import time
 from typing import Any
 
@@ -24,10 +26,25 @@ from absl import logging
 from tqdm import tqdm
 
 import vrt_jax
-from vrt_jax import checkpoint, eval_lib, inference, optim, sharding, tmsa, train_step, video
+from vrt_jax import baselines as classical
+from vrt_jax import (
+  checkpoint,
+  eval_lib,
+  figures,
+  inference,
+  metrics,
+  optim,
+  sharding,
+  tmsa,
+  train_step,
+  video,
+)
 from vrt_jax.data import pipeline, testsets
 
 METRICS_FILE = "metrics.jsonl"
+BASELINES_FILE = "baselines.json"
+SUMMARY_FILE = "summary.json"
+CURVES_FILE = "curves.png"
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -116,6 +133,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     init_fn = init_fn.compile(options)
     sharding.sync_processes("compiled_init")
     state = init_fn(init_rng)
+    if config.get("zero_init_last", False):
+      # The output conv starts at zero, so the network starts as the identity (its residual
+      # connection) instead of adding random noise that the first steps must unlearn.
+      state["params"] = {**state["params"], "conv_last": jax.tree.map(
+          lambda a, s: jax.device_put(np.zeros(a.shape, a.dtype), s),
+          state["params"]["conv_last"], state_sharding["params"]["conv_last"])}
     if config.init_from:
       logging.info("Initialising params from %s", config.init_from)
       source = model
@@ -131,6 +154,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       state = {"step": state["step"], "params": params, "opt_state": opt_state}
   if int(state["step"]) != start:
     raise ValueError(f"Checkpoint {start} holds step {int(state['step'])}")
+  if start >= int(config.total_steps):
+    # A finished run started again: report it rather than silently doing nothing.
+    logging.info("%s already holds step %d of %d: nothing to train", workdir, start,
+                 config.total_steps)
+    manager.close()
+    if hasattr(data_iter, "close"):
+      data_iter.close()
+    done = os.path.exists(os.path.join(workdir, METRICS_FILE)) and read_metrics(workdir)
+    validated = [r for r in done or [] if "val_psnr" in r]
+    return {**(validated[-1] if validated else {}), "step": start, "already_finished": True}
 
   # ----------------------------------------------------------------- the train step
   step_fns = {frozen: train_step.jit_train_step(model, tx, config, mesh, dropout_rng,
@@ -141,7 +174,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # ----------------------------------------------------------------- the loop
   total = int(config.total_steps)
   metrics_log = MetricsLog(workdir, resume_step=start, enabled=is_main)
-  val_clips = None
+  val_clips, val_apply, baseline = None, None, None
   pending: list[tuple[int, dict[str, jax.Array]]] = []  # Fetched lazily: no sync every step.
   last: dict[str, float] = {"step": start}
   last_time, last_step = time.perf_counter(), start
@@ -154,11 +187,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       frozen = step - 1 < fix_iter
       if frozen not in compiled:
         compile_start = time.perf_counter()
-        pbar.set_description_str("train (compiling the step)")
-        compiled[frozen] = step_fns[frozen].lower(state, batch).compile()
+        with phase(pbar, "compiling the training step"):
+          compiled[frozen] = step_fns[frozen].lower(state, batch).compile()
         sharding.sync_processes(f"compiled_step_{step}")
         # Compiling is not training: keep it out of the bar's it/s and ETA and of steps_per_sec.
-        pbar.set_description_str("train", refresh=False)
         pbar.unpause()
         last_time += time.perf_counter() - compile_start
       state, step_metrics = compiled[frozen](state, batch)
@@ -222,16 +254,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           # One compilation for every validation.
           val_mesh = sharding.local_mesh(mesh, max_data=len(val_clips))
           val_apply = inference.make_apply_fn(model, val_mesh)
+          if is_main:
+            with phase(pbar, "classical baselines (tuned on training clips)"):
+              baseline = classical_baselines(config, val_clips, workdir)
         sample = os.path.join(workdir, "samples", f"step_{step:07d}.png") if is_main else None
-        val = validate(model, jax.device_get(state["params"]), val_clips, config,
-                       apply_fn=val_apply, sample_path=sample,
-                       clips_per_call=sharding.data_size(val_mesh))
+        with phase(pbar, "validation"):
+          val = validate(model, jax.device_get(state["params"]), val_clips, config,
+                         apply_fn=val_apply, sample_path=sample, baseline=baseline,
+                         title=f"{val_clips[0]['name']}, middle frame, step {step}",
+                         clips_per_call=sharding.data_size(val_mesh))
         logging.info("step %d: %s", step, val)
         sharding.sync_processes(f"validated_{step}")
         record.update({"step": step, **val})
       if record:
         metrics_log.write(record)
         last = record
+      if eval_now and is_main:
+        write_report(workdir, config, baseline, sample)
       if log_now:
         # Validation time is not training speed.
         last_time, last_step = time.perf_counter(), step
@@ -250,30 +289,242 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 def validate(model: Any, params: Any, clips: list[dict[str, Any]],
              config: ml_collections.ConfigDict, *, apply_fn: inference.ApplyFn | None = None,
-             sample_path: str | None = None, clips_per_call: int = 1) -> dict[str, float]:
+             sample_path: str | None = None, baseline: dict[str, Any] | None = None,
+             title: str = "", clips_per_call: int = 1) -> dict[str, Any]:
   """Scores the held-out clips as eval.py scores a test set (`eval_lib.evaluate`).
 
   clips: dicts with lq (T, h, w, Cin), gt (T_out, H, W, 3) and name (`pipeline.make_val_clips`).
   Returns val_psnr and val_ssim (RGB, per frame, averaged per clip then over clips) and, where an
-  input frame stands for each output (not frame interpolation), val_psnr_input: the input's PSNR,
-  bicubic-upscaled for super-resolution. With `sample_path`, writes the first clip's middle
-  frame there: input | output | ground truth, small crops enlarged. Pass the same `apply_fn` to
-  every validation of a run so the forward pass compiles once; clips_per_call: the data axis of
-  its mesh (`eval_lib.evaluate`).
+  input frame stands for each output (not frame interpolation), val_psnr_input / val_ssim_input:
+  the input's, bicubic-upscaled for super-resolution. `baseline`: a `classical_baselines` result,
+  reported as val_psnr_baseline / val_ssim_baseline / val_baseline (the best method's name). With
+  `sample_path`, writes a labelled PNG of the first clip's middle frame with a zoomed crop: input
+  | best classical method (with `baseline`) | VRT | ground truth. Pass the same `apply_fn` to
+  every validation of a run so the forward pass compiles once; clips_per_call: the data axis
+  of its mesh (`eval_lib.evaluate`).
   """
-  testset = [testsets.TestClip(c.get("name", f"clip{i}"), c["lq"], c["gt"],
-                               list(range(len(c["gt"]))), [f"{t:08d}" for t in range(len(c["gt"]))])
-             for i, c in enumerate(clips)]
+  testset = [_test_clip(c, i) for i, c in enumerate(clips)]
+
+  def comparison(clip: testsets.TestClip, scored: np.ndarray) -> None:
+    write_side_by_side(sample_path, clips[0], scored, baseline=baseline, title=title)
+
   results = eval_lib.evaluate(model, {"params": params}, testset, tile=tuple(config.eval.tile),
                               tile_overlap=tuple(config.eval.tile_overlap), apply_fn=apply_fn,
-                              comparison_path=sample_path, comparison_min_height=256,
+                              comparison_fn=comparison if sample_path else None,
                               clips_per_call=clips_per_call,
                               log=logging.info)
   average = results["average"]
-  out = {"val_psnr": average["psnr"], "val_ssim": average["ssim"]}
+  out: dict[str, Any] = {"val_psnr": average["psnr"], "val_ssim": average["ssim"]}
   if "input_psnr" in average:
+    scale = inference.ModelSpec.from_model(model).scale
     out["val_psnr_input"] = average["input_psnr"]
+    out["val_ssim_input"] = float(np.mean([
+        classical.clip_ssim(eval_lib.input_baseline(c, scale), c.gt) for c in testset]))
+  if baseline is not None:
+    best = baseline["best"]
+    out.update(val_psnr_baseline=baseline["scores"][best]["psnr"],
+               val_ssim_baseline=baseline["scores"][best]["ssim"], val_baseline=best)
   return out
+
+
+def _test_clip(clip: dict[str, Any], i: int) -> testsets.TestClip:
+  frames = list(range(len(clip["gt"])))
+  return testsets.TestClip(clip.get("name", f"clip{i}"), clip["lq"], clip["gt"], frames,
+                           [f"{t:08d}" for t in frames])
+
+
+def _baseline_task(config: ml_collections.ConfigDict) -> tuple[float | None, int | None]:
+  """(sigma, scale) of the task's classical methods: the validation noise std for denoising,
+  the data's scale for super-resolution."""
+  if config.data.degradation == "noise":
+    return float(config.data.val_sigma) / 255.0, None
+  return None, pipeline.settings_from_config(config.data).scale
+
+
+def classical_baselines(config: ml_collections.ConfigDict, clips: list[dict[str, Any]],
+                        workdir: str | None = None) -> dict[str, Any] | None:
+  """The classical methods of the task, tuned on training clips, scored on `clips`.
+
+  Runs when config.eval.baselines is set and the task has classical counterparts
+  (`vrt_jax.baselines.methods_for(config.data.degradation)`: denoising and super-resolution).
+  Each method's setting is chosen on config.eval.baseline_tune_clips clips made like the
+  validation clips but from the training data, never on `clips`. Returns {'degradation',
+  'settings', 'scores' {name: {'psnr', 'ssim'}}, 'labels', 'best', 'input' {'psnr', 'ssim'},
+  'clips', 'tuned_on', 'sigma', 'scale'}, cached in <workdir>/baselines.json for reruns; None
+  when off or when the task has none.
+  """
+  if not config.eval.get("baselines", False):
+    return None
+  degradation = config.data.degradation
+  methods = classical.methods_for(degradation)
+  if not methods:
+    logging.warning(
+        "No classical baselines for degradation %r (denoising 'noise' and super-resolution "
+        "'bi' / 'bd' have them; deblurring has no single known blur kernel to invert); "
+        "skipping them.", degradation)
+    return None
+  path = os.path.join(workdir, BASELINES_FILE) if workdir else None
+  names = [c["name"] for c in clips]
+  sigma, scale = _baseline_task(config)
+  # Settings as JSON writes them: a cached result is reused only for the same grids.
+  grids = json.loads(json.dumps({n: m.grid for n, m in methods.items()}))
+  if path and os.path.exists(path):
+    with open(path) as f:
+      cached = json.load(f)
+    if (cached.get("clips") == names and cached.get("sigma") == sigma
+        and cached.get("scale") == scale and cached.get("degradation") == degradation
+        and cached.get("grids") == grids):
+      return cached
+  tune_clips = pipeline.make_val_clips(config.data, num_clips=config.eval.baseline_tune_clips,
+                                       seed=config.seed + 2, split="train")
+  as_samples = lambda cs: [(c["lq"][..., :3], c["gt"], sigma) for c in cs]
+  settings = classical.tune(as_samples(tune_clips), list(methods), scale=scale)
+  scores = classical.score(as_samples(clips), settings, scale=scale)
+  inputs = [(eval_lib.input_baseline(_test_clip(c, i), scale or 1), c["gt"])
+            for i, c in enumerate(clips)]
+  result = {
+      "degradation": degradation, "sigma": sigma, "scale": scale, "clips": names,
+      "tuned_on": [c["name"] for c in tune_clips], "grids": grids, "settings": settings,
+      "scores": scores, "best": classical.best(scores),
+      "labels": {n: methods[n].label for n in settings},
+      "input": {"psnr": float(np.mean([classical.clip_psnr(x, g) for x, g in inputs])),
+                "ssim": float(np.mean([classical.clip_ssim(x, g) for x, g in inputs]))}}
+  if path:
+    with open(path, "w") as f:
+      json.dump(result, f, indent=1)
+  return result
+
+
+def write_side_by_side(path: str, clip: dict[str, Any], out: np.ndarray, *,
+                       baseline: dict[str, Any] | None = None, title: str = "") -> None:
+  """PNG of the middle frame: input | best classical method (if any) | VRT | ground truth.
+
+  A super-resolution input is shown nearest-upscaled to the GT size (and labelled so); each
+  label carries the frame's PSNR, and a zoomed crop of the most detailed region sits under each
+  frame.
+  """
+  gt = clip["gt"]
+  t = gt.shape[0] // 2
+  lq = clip["lq"][..., :3]
+  lq_t = lq[min(t, lq.shape[0] - 1)]
+  s = gt.shape[1] // lq_t.shape[0]
+  lq_t = np.clip(np.repeat(np.repeat(lq_t, s, axis=0), s, axis=1), 0, 1)
+  to8 = metrics.to_uint8
+  with_db = lambda name, frame: f"{name}\n{metrics.psnr(to8(frame), to8(gt[t])):.2f} dB"
+  if clip["lq"].shape[-1] > 3:
+    label = f"input (noise sigma {255 * float(clip['lq'][0, 0, 0, 3]):.0f})"
+  elif s > 1:
+    label = f"input ({lq.shape[2]}x{lq.shape[1]}, nearest x{s})"
+  else:
+    label = "input"
+  panels = [(with_db(label, lq_t), lq_t)]
+  if baseline is not None:
+    best = baseline["best"]
+    restored = classical.restore(best, lq, baseline["settings"][best], sigma=baseline["sigma"],
+                                 scale=baseline.get("scale"))
+    panels.append((with_db(f"best classical:\n{baseline['labels'][best]}", restored[t]),
+                   restored[t]))
+  panels += [(with_db("VRT", out[t]), out[t]), ("ground truth", gt[t])]
+  figures.side_by_side(path, panels, title=title)
+
+
+def write_report(workdir: str, config: ml_collections.ConfigDict,
+                 baseline: dict[str, Any] | None, sample_path: str | None) -> dict[str, Any]:
+  """curves.png and summary.json from metrics.jsonl; returns the summary.
+
+  The summary has the last validation's table (input, each classical method, VRT; PSNR and
+  SSIM) and the paths of the figures; `summary_text` formats it.
+  """
+  records = read_metrics(workdir)
+  val = [r for r in records if "val_psnr" in r]
+  if not val:
+    return {}
+  last = val[-1]
+  best = baseline["best"] if baseline else None
+  curves = figures.training_curves(
+      os.path.join(workdir, CURVES_FILE), records,
+      baseline_psnr=baseline["scores"][best]["psnr"] if baseline else None,
+      baseline_label=baseline["labels"][best] if baseline else "",
+      title=f"VRT, {config.data.degradation} task: {os.path.basename(workdir)}")
+  rows = []
+  if "val_psnr_input" in last:
+    rows.append({"method": "input", "psnr": last["val_psnr_input"],
+                 "ssim": last["val_ssim_input"]})
+  if baseline:
+    for name, sc in baseline["scores"].items():
+      rows.append({"method": baseline["labels"][name], "psnr": sc["psnr"], "ssim": sc["ssim"],
+                   "best_classical": name == best})
+  rows.append({"method": f"VRT (step {last['step']})", "psnr": last["val_psnr"],
+               "ssim": last["val_ssim"]})
+  summary = {"step": last["step"], "total_steps": int(config.total_steps), "rows": rows,
+             "clips": len(baseline["clips"]) if baseline else int(config.data.val_clips),
+             "sample": sample_path, "curves": curves, "val_psnr": last["val_psnr"],
+             "val_psnr_input": last.get("val_psnr_input"),
+             "val_psnr_baseline": last.get("val_psnr_baseline"),
+             "val_baseline": baseline["labels"][best] if baseline else None}
+  tmp = os.path.join(workdir, SUMMARY_FILE + ".tmp")
+  with open(tmp, "w") as f:
+    json.dump(summary, f, indent=1)
+  os.replace(tmp, os.path.join(workdir, SUMMARY_FILE))
+  return summary
+
+
+def summary_text(summary: dict[str, Any]) -> str:
+  """The summary as a small table, the margin over the best classical method and the figures."""
+  lines = [f"Held-out validation clips ({summary['clips']}), step {summary['step']} of "
+           f"{summary['total_steps']}:",
+           f"  {'method':40s} {'PSNR (dB)':>9s} {'SSIM':>7s}"]
+  for row in summary["rows"]:
+    mark = "  <- best classical" if row.get("best_classical") else ""
+    lines.append(f"  {row['method']:40s} {row['psnr']:9.2f} {row['ssim']:7.4f}{mark}")
+  line = f"Validation PSNR at step {summary['step']}: output {summary['val_psnr']:.2f} dB"
+  if summary.get("val_psnr_input") is not None:
+    line += f", input {summary['val_psnr_input']:.2f} dB"
+  if summary.get("val_psnr_baseline") is not None:
+    margin = summary["val_psnr"] - summary["val_psnr_baseline"]
+    line += (f", best classical ({summary['val_baseline']}) {summary['val_psnr_baseline']:.2f}"
+             f" dB: VRT {margin:+.2f} dB")
+  lines.append(line)
+  if summary.get("sample"):
+    lines.append(f"Side by side: {summary['sample']}")
+  lines.append(f"Curves: {summary['curves']}")
+  return "\n".join(lines)
+
+
+def read_summary(workdir: str) -> dict[str, Any] | None:
+  """<workdir>/summary.json, written at each validation; None if there is none yet."""
+  path = os.path.join(workdir, SUMMARY_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+@contextlib.contextmanager
+def phase(pbar: tqdm, what: str):
+  """Shows `what` and its running time on the progress bar while a blocking call runs.
+
+  A compile or a validation takes tens of seconds without advancing the bar; the label says what
+  the run is doing instead of looking frozen, and a line with the time is printed at the end.
+  """
+  start, label = time.perf_counter(), pbar.desc
+  done = threading.Event()
+
+  def tick():
+    while not done.wait(1.0):
+      pbar.set_description_str(f"{what} ({time.perf_counter() - start:.0f} s)")
+
+  pbar.set_description_str(what)
+  thread = threading.Thread(target=tick, daemon=True)
+  thread.start()
+  try:
+    yield
+  finally:
+    done.set()
+    thread.join()
+    pbar.set_description_str(label)
+    if not pbar.disable:
+      pbar.write(f"{what}: {time.perf_counter() - start:.0f} s")
 
 
 # --------------------------------------------------------------------- logging
@@ -321,7 +572,7 @@ class MetricsLog:
     self.file.flush()
     if self.tb is not None:
       for k, v in record.items():
-        if k != "step":
+        if k != "step" and isinstance(v, int | float):  # Not names such as val_baseline.
           self.tb.add_scalar(k, v, record["step"])
       self.tb.flush()
 

@@ -85,3 +85,13 @@ def test_charbonnier_value_and_shape_check():
   np.testing.assert_allclose(float(losses.charbonnier(pred, gt)), want, rtol=1e-6)
   with pytest.raises(ValueError, match="differ in shape"):
     losses.charbonnier(pred, jnp.zeros((2, 3)))
+
+
+def test_linear_warmup_ramps_then_follows_the_cosine():
+  cos = optim.cosine_restarts(1e-3, 100, 1e-5)
+  warm = optim.linear_warmup(cos, 10)
+  for t in range(10):
+    np.testing.assert_allclose(float(warm(t)), float(cos(t)) * (t + 1) / 10, rtol=1e-6)
+  for t in (10, 50, 99, 150):
+    np.testing.assert_allclose(float(warm(t)), float(cos(t)), rtol=1e-6)
+  assert optim.linear_warmup(cos, 0) is cos

@@ -403,7 +403,8 @@ def make_train_loader(data_cfg: Any, *, batch_size: int, seed: int, process_inde
       worker_count=s.num_workers)
 
 
-def make_val_clips(data_cfg: Any, *, num_clips: int, seed: int) -> list[dict[str, Any]]:
+def make_val_clips(data_cfg: Any, *, num_clips: int, seed: int, split: str = "test"
+                   ) -> list[dict[str, Any]]:
   """Held-out validation clips: dict(lq=(T, h, w, Cin), gt=(T_out, H, W, 3), name=str).
 
   Synthetic clips come from photographs never used for training; folder and TFDS sources use the
@@ -412,10 +413,18 @@ def make_val_clips(data_cfg: Any, *, num_clips: int, seed: int) -> list[dict[str
   8; frames 1, 3, 5, 7 -> 4 for interpolation), centre-cropped to `val_size` GT pixels (0 keeps
   the frame, cut to a multiple of 8 * scale). BI / BD are applied to the whole frame before
   cropping, as the official LR sets were made; noise has std val_sigma / 255 and is seeded.
+
+  split="train" makes clips the same way from the training data instead (e.g. to tune classical
+  baselines without looking at the held-out clips).
   """
+  if split not in ("train", "test"):
+    raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
   s = settings_from_config(data_cfg)
-  split = "test"
-  if s.source == "folders" and s.val_gt_root:
+  if split == "train":
+    # Synthetic training clips rendered at the validation length and size.
+    s = dataclasses.replace(s, num_frames=s.val_frames, gt_patch=s.val_size or s.gt_patch,
+                            synthetic_clips=num_clips)
+  elif s.source == "folders" and s.val_gt_root:
     # A dedicated validation root: every clip in it.
     s = dataclasses.replace(s, gt_root=s.val_gt_root, lq_root=s.val_lq_root or s.lq_root,
                             exclude_clips=())
