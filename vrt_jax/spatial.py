@@ -16,6 +16,7 @@ here is the plain single-device computation.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -100,12 +101,21 @@ def with_halo(fn: Callable[..., tuple[jax.Array, jax.Array]], x: jax.Array, *arg
 
     return lax.cond(everywhere, lambda: out, whole_frame)
 
-  spec = PartitionSpec(None, SPACE_AXIS)
-  # Each band's index as data: lax.axis_index would need the data axis to be manual too.
+  # Manual over every axis of the mesh: libtpu's SPMD partitioner aborts on a shard_map that
+  # leaves the other (data) axes to GSPMD (docs/spatial_parallelism.md). The leading dim
+  # (clips x frames) is split over those axes where it divides, else each of their devices
+  # computes all of it.
+  mesh = jax.sharding.get_abstract_mesh()
+  others = tuple(a for a in mesh.axis_names if a != SPACE_AXIS)
+  lead = others if others and all(
+      a.shape[0] % math.prod(dict(mesh.shape)[o] for o in others) == 0 for a in (x, *args)
+  ) else None
+  spec = PartitionSpec(lead, SPACE_AXIS)
+  # Each band's index as data (the same in every version of the program).
   index = jnp.arange(space, dtype=jnp.int32)
   in_specs = (PartitionSpec(SPACE_AXIS), spec, (spec,) * len(args), PartitionSpec())
   return jax.shard_map(per_band, in_specs=in_specs, out_specs=spec,
-                       axis_names={SPACE_AXIS})(index, x, tuple(args), tuple(consts))
+                       axis_names=set(mesh.axis_names))(index, x, tuple(args), tuple(consts))
 
 
 def traced_under(mesh: Any, fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -117,6 +117,17 @@ def check_halo_exchange():
   check(lambda x: warp.resize_bilinear(x, (h // 2, w // 2)), img)
   check(lambda x: warp.resize_bilinear(x, (2 * h, w // 2)), img)
 
+  # On a 2 data x 2 space mesh the bands are manual over both axes: the leading dim split over
+  # 'data' where it divides (2), each data device computing all of it where it does not (3).
+  mesh = sharding.grid_mesh(jax.devices()[:4], 2)
+  for n in (2, 3):
+    x, flow = img[:1].repeat(n, 0), ((rng.random((n, h, w, 2)) - 0.5) * 6).astype(np.float32)
+    spec = PartitionSpec(sharding.DATA_AXIS if n == 2 else None, sharding.SPACE_AXIS)
+    split = jax.jit(spatial.traced_under(mesh, warp.flow_warp),
+                    in_shardings=(NamedSharding(mesh, spec),) * 2)
+    np.testing.assert_allclose(np.asarray(split(x, flow)), np.asarray(warp.flow_warp(x, flow)),
+                               atol=2e-5)
+
 
 def _deform_conv(x, offset, mask, *, kernel, bias, dg):
   from vrt_jax import deform
