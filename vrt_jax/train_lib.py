@@ -506,7 +506,11 @@ def phase(pbar: tqdm, what: str):
 
   A compile or a validation takes tens of seconds without advancing the bar; the label says what
   the run is doing instead of looking frozen, and a line with the time is printed at the end.
+  A disabled bar (the processes other than 0) shows nothing.
   """
+  if pbar.disable:  # A disabled tqdm has no description to set.
+    yield
+    return
   start, label = time.perf_counter(), pbar.desc
   done = threading.Event()
 
@@ -523,8 +527,7 @@ def phase(pbar: tqdm, what: str):
     done.set()
     thread.join()
     pbar.set_description_str(label)
-    if not pbar.disable:
-      pbar.write(f"{what}: {time.perf_counter() - start:.0f} s")
+    pbar.write(f"{what}: {time.perf_counter() - start:.0f} s")
 
 
 # --------------------------------------------------------------------- logging

@@ -149,3 +149,4 @@ def test_transfer_params_copies_matching_leaves_and_reports_the_rest():
   for path, value in flat.items():
     name = "/".join(k.key for k in path)
     assert np.all(value == (0.0 if name in fresh else 1.0)), name
+
