@@ -71,13 +71,7 @@ def side_by_side(path: str, panels: Sequence[tuple[str, np.ndarray]], *,
       a.set_yticks([])
   axes[0, 0].set_ylabel(f"frame ({w}x{h})", fontsize=9)
   axes[1, 0].set_ylabel(f"zoom on the yellow box ({size}x{size})", fontsize=9)
-  if title:
-    fig.suptitle(title, fontsize=11)
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return _save(plt, fig, path, title=title, dpi=110)
 
 
 def training_curves(path: str, records: Sequence[dict[str, float]], *,
@@ -118,10 +112,15 @@ def training_curves(path: str, records: Sequence[dict[str, float]], *,
   ax_val.set_title("validation PSNR (held-out clips)")
   ax_val.grid(True, alpha=0.3)
   ax_val.legend(loc="best", fontsize=9)
+  return _save(plt, fig, path, title=title, dpi=100)
+
+
+def _save(plt, fig, path: str, *, title: str, dpi: int) -> str:
+  """Titles, lays out and writes `fig` to `path` (creating its folder), then frees it."""
   if title:
     fig.suptitle(title, fontsize=11)
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=100)
+  fig.savefig(path, dpi=dpi)
   plt.close(fig)
   return path

@@ -64,10 +64,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   mesh = sharding.make_mesh(config)
   sharding.check_space_split(mesh, pipeline.batch_shapes(config.data, config.batch_size)["lq"])
   model = vrt_jax.VRT(**config.model.to_dict())
-  loader = pipeline.make_train_loader(
-      config.data, batch_size=sharding.local_batch_size(config.batch_size), seed=config.seed,
-      process_index=jax.process_index(), process_count=jax.process_count())
-  data_iter = iter(loader)
+  def data_from(shuffle_seed: int) -> Any:
+    return iter(pipeline.make_train_loader(
+        config.data, batch_size=sharding.local_batch_size(config.batch_size), seed=config.seed,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        shuffle_seed=shuffle_seed))
+
+  data_iter = data_from(config.seed)
 
   # ----------------------------------------------------------------- optimizer and state
   tx, schedule = optim.make_optimizer(config.optim)
@@ -104,11 +107,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           len(checkpoint.data_saved_by(manager, start)), jax.process_count(), config.seed, start)
       if hasattr(data_iter, "close"):
         data_iter.close()
-      loader = pipeline.make_train_loader(
-          config.data, batch_size=sharding.local_batch_size(config.batch_size), seed=config.seed,
-          process_index=jax.process_index(), process_count=jax.process_count(),
-          shuffle_seed=config.seed + start)
-      data_iter = iter(loader)
+      data_iter = data_from(config.seed + start)
     try:
       state = checkpoint.restore_state(manager, start, abstract_state,
                                        data_iter if same_processes else None)
