@@ -8,7 +8,8 @@
 
 `--set mesh.space=N` compiles the training step with each clip's rows split over N chips (a
 (chips / N) data x N space mesh, vrt_jax.sharding; e.g. v5e:4x8 with batch_size 8 and
-mesh.space 4), the way train.py runs with that config.
+mesh.space 4), the way train.py runs with that config. `--space N` does the same for the eval
+forward: one tile's rows over N chips, as `vrt-restore --space N` runs it.
 
 `train` compiles the training step train.py runs (vrt_jax.train_step.jit_train_step: the same
 loss, optimizer, donation and data-parallel sharding) for the config's global batch over all
@@ -49,6 +50,7 @@ import _common as common  # noqa: E402
 
 # Usable HBM per device as libtpu reports it (GiB): v5e 16 GiB (15.75 usable), v4 32, v5p 95,
 # v6e 32.
+INFO_TAG = "BENCH_INFO "
 HBM_GIB = {"v5e": 15.75, "v4": 32.0, "v5p": 95.0, "v6e": 32.0}
 # The size of the official test sets' clips (frames, LQ height, LQ width): a test tile larger
 # than the clip shrinks to it, as in main_test_vrt.py.
@@ -126,10 +128,9 @@ def worker(args: argparse.Namespace) -> None:
   import jax.numpy as jnp
   import numpy as np
   from jax.experimental import topologies
-  from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
   import vrt_jax
-  from vrt_jax import checkpoint, kernels, optim, sharding, train_step
+  from vrt_jax import checkpoint, kernels, optim, sharding, spatial, train_step
   from vrt_jax.data import pipeline
 
   topo = topologies.get_topology_desc(platform="tpu", topology_name=args.topology)
@@ -156,8 +157,9 @@ def worker(args: argparse.Namespace) -> None:
                   + (f" ({devices.size // space} data x {space} space)" if space > 1 else ""))
     fn, fn_args = step, (state, batch)
   else:
-    mesh = Mesh(np.array(topo.devices[:1]), ("data",))
-    replicated = NamedSharding(mesh, PartitionSpec())
+    space = args.space  # One clip's rows over `space` chips (vrt-restore --space).
+    mesh = sharding.grid_mesh(topo.devices[:space], space)
+    replicated = sharding.replicated(mesh)
     kwargs = vrt_jax.presets.get_preset(args.preset)
     for item in args.set:  # Only model.* overrides apply to a preset.
       (*parents, leaf), value = parse_override(item)
@@ -170,11 +172,16 @@ def worker(args: argparse.Namespace) -> None:
     params = jax.eval_shape(lambda: checkpoint.random_params(model))
     params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
                           params)
-    x = jax.ShapeDtypeStruct(shape, jnp.float32, sharding=replicated)
+    sharding.check_space_split(mesh, shape)
+    clip = sharding.batch_sharding(mesh)
+    x = jax.ShapeDtypeStruct(shape, jnp.float32, sharding=clip)
     result.update(name=args.preset + "".join(f" {s}" for s in args.set),
-                  shape="x".join(map(str, shape)) + " on 1 chip")
-    fn, fn_args = jax.jit(lambda p, x: model.apply({"params": p}, x)), (params, x)
+                  shape="x".join(map(str, shape))
+                  + (f" over {space} chips (space)" if space > 1 else " on 1 chip"))
+    apply = spatial.traced_under(mesh, lambda p, x: model.apply({"params": p}, x))
+    fn, fn_args = jax.jit(apply, out_shardings=clip), (params, x)
 
+  print(INFO_TAG + json.dumps(result), flush=True)  # What is compiled (for --until_buffers).
   t0 = time.perf_counter()
   try:
     compiled = fn.lower(*fn_args).compile()
@@ -212,6 +219,78 @@ def worker(args: argparse.Namespace) -> None:
   common.emit(result)
 
 
+def buffer_assignment_sizes(path: str) -> tuple[float, float]:
+  """(temporaries, arguments) in GiB from a buffer-assignment dump: the preallocated HBM
+  temporaries (allocations without a memory-space colour) and the parameters."""
+  temp = args = 0
+  with open(path) as f:
+    for line in f:
+      m = re.match(r"allocation \d+: size (\d+), (.*)", line)
+      if not m:
+        continue
+      if "preallocated-temp" in m.group(2) and "color" not in m.group(2):
+        temp += int(m.group(1))
+      elif "parameter" in m.group(2):
+        args += int(m.group(1))
+  return temp / 2**30, args / 2**30
+
+
+def until_buffer_assignment(cmd: list[str], env: dict[str, str], timeout: float,
+                            row: dict[str, Any]) -> dict[str, Any]:
+  """Runs a worker with XLA dumps on and stops it once libtpu has assigned the program's
+  buffers (minutes; the code generation after it can take half an hour for a split program),
+  reading per-chip temporaries and arguments from the dump. The worker's own result if it
+  finishes first."""
+  import glob
+  import signal
+  import tempfile
+
+  with tempfile.TemporaryDirectory(prefix="vrt_tpu_dump_") as dump:
+    env = dict(env, XLA_FLAGS=f"{env.get('XLA_FLAGS', '')} --xla_dump_to={dump} "
+               "--xla_dump_hlo_as_text".strip())
+    t0 = time.perf_counter()
+    log = os.path.join(dump, "worker.log")
+    with open(log, "w") as out:
+      proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True)
+
+    def tagged(tag: str) -> dict[str, Any] | None:
+      with open(log) as f:
+        for line in f:
+          if line.startswith(tag):
+            return json.loads(line[len(tag):])
+      return None
+
+    try:
+      while proc.poll() is None:
+        # The TPU program's dump (the host's small jitted helpers are named cpu_...).
+        done = [f for f in glob.glob(os.path.join(dump, "*after_optimizations-buffer-assignment"
+                                                   ".txt")) if ".cpu_after" not in f]
+        reports = glob.glob(os.path.join(dump, "*after_optimizations-memory-usage-report.txt"))
+        if done and any(".cpu_after" not in r for r in reports):
+          time.sleep(5)  # Let the dump be written out.
+          temp, arguments = buffer_assignment_sizes(max(done, key=os.path.getsize))
+          row = dict(row, **(tagged(INFO_TAG) or {}))
+          hbm = row.get("hbm_gib")
+          return dict(row, argument_gib=arguments, temp_gib=temp, peak_gib=arguments + temp,
+                      fits="-" if hbm is None else
+                      ("yes" if arguments + temp <= hbm else "no") + " (buffers)",
+                      compile_s=time.perf_counter() - t0, stage="buffer assignment")
+        if time.perf_counter() - t0 > timeout:
+          raise subprocess.TimeoutExpired(cmd, timeout)
+        time.sleep(5)
+      result = tagged(common.RESULT_TAG)
+      if result is None:
+        with open(log) as f:
+          raise RuntimeError(f"benchmark worker failed (exit {proc.returncode}):\n"
+                             f"{f.read()[-3000:]}")
+      return result
+    finally:
+      if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
   parser.add_argument("--config", action="append", default=[],
@@ -226,6 +305,13 @@ def main() -> None:
   parser.add_argument("--eval_tile", default="",
                       help="T,H,W: compile the eval forward for this LQ tile instead of the "
                            "preset's official one (e.g. 12,64,64)")
+  parser.add_argument("--space", type=int, default=1,
+                      help="eval: split the tile's rows over this many chips of the topology "
+                           "(as vrt-restore --space does)")
+  parser.add_argument("--until_buffers", action="store_true",
+                      help="stop each compile at libtpu's buffer assignment and report the "
+                           "per-chip temporaries and arguments it assigned (minutes instead of "
+                           "half an hour for large split programs; no TFLOPs)")
   parser.add_argument("--json", default="", help="also write the rows to this file")
   parser.add_argument("--hlo_dir", default="", help="write each compiled program's HLO text")
   parser.add_argument("--timeout", type=float, default=3600, help="seconds per program")
@@ -249,6 +335,8 @@ def main() -> None:
       jobs += [("train", ["--config", c], topology) for c in args.config]
     if "eval" in programs:
       jobs += [("eval", ["--preset", p], topology) for p in preset_names]
+  if args.space < 1:
+    parser.error(f"--space must be at least 1, got {args.space}")
   if not jobs:
     parser.error("nothing to compile: give --config for train and/or --preset for eval")
   rows = []
@@ -256,11 +344,17 @@ def main() -> None:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", program, *what,
            "--topology", topology, *sum((["--set", s] for s in args.set), []),
            *(["--hlo_dir", args.hlo_dir] if args.hlo_dir else []),
-           *(["--eval_tile", args.eval_tile] if args.eval_tile else [])]
+           *(["--eval_tile", args.eval_tile] if args.eval_tile else []), "--space",
+           str(args.space)]
     print(f"compiling {program} {' '.join(what[1:])} for {topology} ...", file=sys.stderr,
           flush=True)
     try:
-      row = common.run_worker(cmd, timeout=args.timeout, env=tpu_env(topology))
+      if args.until_buffers:
+        row = until_buffer_assignment(cmd, tpu_env(topology), args.timeout, {
+            "program": program, "name": " ".join([what[1], *args.set]), "topology": topology,
+            "hbm_gib": HBM_GIB.get(topology.split(":")[0])})
+      else:
+        row = common.run_worker(cmd, timeout=args.timeout, env=tpu_env(topology))
     except subprocess.TimeoutExpired:
       row = {"program": program, "name": what[1], "topology": topology, "fits": "error",
              "error": f"no result within --timeout {args.timeout:.0f} s"}

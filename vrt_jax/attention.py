@@ -16,22 +16,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vrt_jax import kernels, memory
+from vrt_jax import kernels, memory, spatial
 from vrt_jax.spynet import torch_conv_init
 
 
-def window_partition(x: jax.Array, window_size: Sequence[int]) -> jax.Array:
-  """(B, D, H, W, C) -> (B * num_windows, wd * wh * ww, C)."""
+def window_partition(x: jax.Array, window_size: Sequence[int], grid: bool = False
+                     ) -> jax.Array:
+  """(B, D, H, W, C) -> (B * num_windows, wd * wh * ww, C), or with `grid` the windows kept on
+  their grid: (B, D // wd, H // wh, W // ww, wd * wh * ww, C), same order."""
   b, d, h, w, c = x.shape
   wd, wh, ww = window_size
   x = x.reshape(b, d // wd, wd, h // wh, wh, w // ww, ww, c)
   x = x.transpose(0, 1, 3, 5, 2, 4, 6, 7)
+  if grid:
+    return x.reshape(*x.shape[:4], wd * wh * ww, c)
   return x.reshape(-1, wd * wh * ww, c)
 
 
 def window_reverse(windows: jax.Array, window_size: Sequence[int], b: int, d: int, h: int,
                    w: int) -> jax.Array:
-  """(B * num_windows, wd * wh * ww, C) -> (B, D, H, W, C)."""
+  """(B * num_windows, wd * wh * ww, C) or the grid form -> (B, D, H, W, C)."""
   wd, wh, ww = window_size
   x = windows.reshape(b, d // wd, h // wh, w // ww, wd, wh, ww, -1)
   x = x.transpose(0, 1, 4, 2, 5, 3, 6, 7)
@@ -190,55 +194,93 @@ def mask_patterns(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _attention_xla(qkv: jax.Array, qkv_mut: jax.Array | None, num_heads: int, scale: float,
                    bias: jax.Array | None, labels: np.ndarray | None) -> jax.Array:
-  """`_attention_cpu`'s function in plain XLA (`jax.nn.dot_product_attention`), with autodiff.
+  """`_attention_cpu`'s function in plain XLA (einsums and a float32 softmax), with autodiff.
 
   Windows are still visited in chunks (a loop whose body is rematerialised): all windows at
   once would put every window's N x N logits in HBM (172 GiB of temporaries for 001's official
   40x128x128 test tile, against 12 GiB chunked), and on a TPU a chunk's logits stay on chip.
+
+  qkv, qkv_mut may also be on the window grid, (B, nD, nH, nW, N, 3C). When the program's
+  clips or rows are split over devices (a mesh with several devices on 'data' or 'space') the
+  loop then runs over window columns and frame windows, and every step takes all window rows
+  of every clip: the split axes (clips, window rows) stay whole array axes, so GSPMD keeps each
+  device on its own windows. Flattened into the loop's (steps, chunk), a device's windows are
+  not one block of the steps, and GSPMD gathers all of them on every device.
   """
-  b_, n, c3 = qkv.shape
-  c = c3 // 3
-  nw = b_ if labels is None else labels.shape[0]
-  chunk = memory.chunk_size(b_, num_heads * n * n * 4, _XLA_LOGITS_BYTES_PER_STEP)
+  grid = qkv.shape[:-2]
+  n, c3 = qkv.shape[-2:]
+  split, data = spatial.row_split(), spatial.axis_size(spatial.DATA_AXIS)
+  on_grid = len(grid) == 4 and split * data > 1
+  if not on_grid:  # (B_, N, 3C): one loop over all windows.
+    qkv, qkv_mut = (None if t is None else t.reshape(-1, n, c3) for t in (qkv, qkv_mut))
+
+  def to_loop(t):  # (B, nD, nH, nW, ...) -> (nD * nW, B, nH, ...)
+    t = jnp.moveaxis(t, (1, 3), (0, 1))
+    return t.reshape(t.shape[0] * t.shape[1], *t.shape[2:])
+
   masks = {}
   if labels is not None:
     parts = {"self": slice(None), "mutual": slice(0, n // 2)}
     for name in ("self", "mutual") if qkv_mut is not None else ("self",):
       m, index = mask_patterns(np.asarray(labels)[:, parts[name]])
-      masks[name] = (jnp.asarray(m), jnp.asarray(np.tile(index, b_ // nw)))
+      if on_grid:  # Window order (d, h, w) -> (d * w, 1, h): the same for every clip.
+        index = to_loop(index.reshape(1, *grid[1:]))
+      else:
+        index = np.tile(index, qkv.shape[0] // labels.shape[0])
+      masks[name] = (jnp.asarray(m), jnp.asarray(index))
+  if on_grid:
+    qkv, qkv_mut = (None if t is None else to_loop(t) for t in (qkv, qkv_mut))
+  # Windows a device holds per step of the loop: clips split over 'data', window rows over
+  # 'space' (an estimate where they do not divide).
+  per_step = 1 if not on_grid else max(1, grid[0] // data) * max(1, grid[2] // split)
+  steps_total = qkv.shape[0]
+  chunk = memory.chunk_size(steps_total, per_step * num_heads * n * n * 4,
+                            _XLA_LOGITS_BYTES_PER_STEP)
 
-  def heads(t):  # (c, N, 3C) -> q, k, v (c, N, heads, hd)
-    t = t.reshape(t.shape[0], t.shape[1], 3, num_heads, -1)
-    return t[:, :, 0], t[:, :, 1], t[:, :, 2]
+  def heads(t):  # (..., N, 3C) -> q, k, v (..., N, heads, hd)
+    t = t.reshape(*t.shape[:-1], 3, num_heads, -1)
+    return t[..., 0, :, :], t[..., 1, :, :], t[..., 2, :, :]
 
-  def attend(q, k, v, b):
-    out = jax.nn.dot_product_attention(q, k, v, bias=b, scale=scale, implementation="xla")
-    return out.reshape(*out.shape[:2], -1)
+  def attend(q, k, v, b):  # jax.nn.dot_product_attention's XLA path, for any batch axes.
+    logits = jnp.einsum("...qhd,...khd->...hqk", q, k, preferred_element_type=jnp.float32)
+    logits = logits * jnp.float32(scale)
+    if b is not None:
+      logits = logits + b
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    out = jnp.einsum("...hqk,...khd->...qhd", probs, v)
+    return out.reshape(*out.shape[:-2], -1)
+
+  def window_mask(name, idx):  # -> (..., 1, N', N') for the heads axis.
+    return masks[name][0][idx[name]][..., None, :, :]
 
   def window_chunk(xs):
     t, t_mut, idx = xs
-    b = None if bias is None else bias.astype(jnp.float32)[None]
+    b = None if bias is None else bias.astype(jnp.float32)
     if "self" in masks:
-      m = masks["self"][0][idx["self"]][:, None]
-      b = m if b is None else b + m
+      b = window_mask("self", idx) if b is None else b + window_mask("self", idx)
     out = attend(*heads(t), b)
     if t_mut is None:
       return out
     q, k, v = heads(t_mut)
     half = n // 2
-    m = masks["mutual"][0][idx["mutual"]][:, None] if "mutual" in masks else None
+    m = window_mask("mutual", idx) if "mutual" in masks else None
     # Frame 2 queries frame 1, then frame 1 queries frame 2, along the tokens.
-    x1 = attend(q[:, half:], k[:, :half], v[:, :half], m)
-    x2 = attend(q[:, :half], k[:, half:], v[:, half:], m)
-    return jnp.concatenate([jnp.concatenate([x1, x2], axis=1), out], axis=2)
+    x1 = attend(q[..., half:, :, :], k[..., :half, :, :], v[..., :half, :, :], m)
+    x2 = attend(q[..., :half, :, :], k[..., half:, :, :], v[..., half:, :, :], m)
+    return jnp.concatenate([jnp.concatenate([x1, x2], axis=-2), out], axis=-1)
 
   xs = (qkv, qkv_mut, {name: index for name, (_, index) in masks.items()})
-  steps = b_ // chunk
+  steps = steps_total // chunk
   if steps == 1:
-    return window_chunk(xs)
-  xs = jax.tree.map(lambda t: t.reshape(steps, chunk, *t.shape[1:]), xs)
-  out = jax.lax.map(jax.checkpoint(window_chunk), xs)
-  return out.reshape(b_, n, -1 if qkv_mut is None else 2 * c)
+    out = window_chunk(xs)
+  else:
+    xs = jax.tree.map(lambda t: t.reshape(steps, chunk, *t.shape[1:]), xs)
+    out = jax.lax.map(jax.checkpoint(window_chunk), xs)
+    out = out.reshape(steps_total, *out.shape[2:])
+  if on_grid:  # (nD * nW, B, nH, N, C') -> (B, nD, nH, nW, N, C')
+    out = out.reshape(grid[1], grid[3], *out.shape[1:])
+    return jnp.moveaxis(out, (0, 1), (1, 3))
+  return out.reshape(*grid, n, out.shape[-1])
 
 
 def _attention_cpu(qkv: jax.Array, qkv_mut: jax.Array | None, num_heads: int, scale: float,
@@ -259,6 +301,8 @@ def _attention_cpu(qkv: jax.Array, qkv_mut: jax.Array | None, num_heads: int, sc
   softmax's row sums from the output (sum(dO * O) over hd) instead of from the N x N
   probabilities. No logits are kept between the passes.
   """
+  grid = qkv.shape[:-2]
+  qkv, qkv_mut = (None if t is None else t.reshape(-1, *t.shape[-2:]) for t in (qkv, qkv_mut))
   b_, n, c3 = qkv.shape
   nw = b_ if labels is None else labels.shape[0]
   chunk = memory.chunk_size(b_, num_heads * n * n * 4, _LOGITS_BYTES_PER_STEP)
@@ -283,7 +327,8 @@ def _attention_cpu(qkv: jax.Array, qkv_mut: jax.Array | None, num_heads: int, sc
   mut_in = jnp.zeros((b_, 0, c3), qkv.dtype) if qkv_mut is None else qkv_mut
   attend = _window_attention(num_heads, float(scale), chunk, labels is not None,
                              bias is not None, qkv_mut is not None)
-  return attend(qkv, mut_in, bias_in, *masks[0], *masks[1])
+  out = attend(qkv, mut_in, bias_in, *masks[0], *masks[1])
+  return out.reshape(*grid, *out.shape[-2:])
 
 
 _attention = kernels.dispatch(cpu=_attention_cpu, xla=_attention_xla)
@@ -441,8 +486,9 @@ class WindowAttention(nn.Module, kw_only=True):
   tokens of frame 2 query frame 1 and vice versa, with a sine position encoding added to the
   input; its output is concatenated with the self attention's before the projection.
 
-  x: (num_windows * B, N, C) -> (num_windows * B, N, C); mask_labels: (num_windows, N) region
-  labels of the shifted-window mask (`compute_mask_labels`) or None.
+  x: (num_windows * B, N, C) or on the window grid, (B, nD, nH, nW, N, C) -> the same shape;
+  mask_labels: (num_windows, N) region labels of the shifted-window mask
+  (`compute_mask_labels`) or None.
   """
   dim: int
   window_size: tuple[int, int, int]
@@ -454,7 +500,7 @@ class WindowAttention(nn.Module, kw_only=True):
 
   @nn.compact
   def __call__(self, x: jax.Array, mask_labels: np.ndarray | None = None) -> jax.Array:
-    b_, n, c = x.shape
+    n, c = x.shape[-2:]
     nh = self.num_heads
     hd = c // nh
     scale = self.qk_scale or hd ** -0.5
@@ -474,7 +520,7 @@ class WindowAttention(nn.Module, kw_only=True):
         raise ValueError(
             f"Mutual attention needs two full {wh}x{ww} windows ({2 * wh * ww} tokens), got {n}: "
             "the input is too small for the window.")
-      qkv_mut = dense(3 * c, "qkv_mut")(x + jnp.asarray(np.tile(pos, (1, 2, 1)), x.dtype))
+      qkv_mut = dense(3 * c, "qkv_mut")(x + jnp.asarray(np.tile(pos[0], (2, 1)), x.dtype))
     out = _attention(qkv, qkv_mut, nh, scale, bias, labels)
 
     return nn.Dense(self.dim, kernel_init=torch_conv_init(), dtype=self.dtype, name="proj")(out)

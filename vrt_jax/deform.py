@@ -97,17 +97,16 @@ def _deform_conv_1group_cpu(x: jax.Array, offset: jax.Array, mask: jax.Array, ke
 
 def _deform_conv_1group_xla(x: jax.Array, offset: jax.Array, mask: jax.Array, kernel: jax.Array,
                             dg: int, band: Band) -> jax.Array:
-  n, _, w, _ = x.shape
+  n, hx, w, cin = x.shape
   h = offset.shape[1]
-  step = memory.chunk_size(n, h * w * 9 * x.shape[-1] * 4, _COLUMN_BYTES)
   # A few frames at a time, each rematerialised: the gathered 2 x 2 neighbourhoods are 4x the
-  # columns (and on a TPU their 4 * C / dg floats per row pad to 128 lanes), far too many to
-  # keep for the backward pass or to hold for a whole test tile at once.
-  one = jax.checkpoint(lambda a: _deform_conv_matmul(*a, kernel, dg, band, materialise=False))
-  if step == n:
-    return one((x, offset, mask))
-  xs = [t.reshape(n // step, step, *t.shape[1:]) for t in (x, offset, mask)]
-  return jax.lax.map(one, xs).reshape(n, h, w, -1)
+  # columns, and on a TPU their 4 * Cin / dg floats per row pad to 128 lanes, far too many to
+  # keep for the backward pass or to hold for a whole test tile at once. The table they are
+  # gathered from has x's rows: a band's with its halos, or a whole frame (a band's fallback).
+  gathered = h * w * 9 * dg * max(128, 4 * cin // dg) * 4
+  table = (hx + 1) * (w + 1) * 4 * cin * 4
+  return spatial.map_blocks(lambda a: _deform_conv_matmul(*a, kernel, dg, band, materialise=False),
+                            (x, offset, mask), max(gathered, table), _COLUMN_BYTES)
 
 
 _deform_conv_1group = kernels.dispatch(cpu=_deform_conv_1group_cpu, xla=_deform_conv_1group_xla)
@@ -143,7 +142,8 @@ def _deform_columns(x: jax.Array, offset: jax.Array, mask: jax.Array, dg: int,
   intermediate). Sampling positions and weights stay in float32.
 
   band: which frame rows x holds and the output has (those of offset and mask); default: x is
-  the whole frame.
+  the whole frame. materialise: the CPU kernel's layout (indices and weights computed once,
+  one gather over all frames); else the accelerators' (fused, a gather batched over frames).
   """
   n, hx, w, cin = x.shape
   h = offset.shape[1]
@@ -152,7 +152,7 @@ def _deform_columns(x: jax.Array, offset: jax.Array, mask: jax.Array, dg: int,
   cpg = cin // dg
   p = jnp.pad(x.reshape(n, hx, w, dg, cpg), ((0, 0), (1, 1), (1, 1), (0, 0), (0, 0)))
   table = jnp.stack([p[:, :-1, :-1], p[:, :-1, 1:], p[:, 1:, :-1], p[:, 1:, 1:]], axis=4)
-  table = table.reshape(n * (hx + 1) * (w + 1) * dg, 4 * cpg)
+  table = table.reshape(n, (hx + 1) * (w + 1) * dg, 4 * cpg)
 
   # Positions laid out (N, H, W, 9, dg) so that the columns come out in the kernel's order.
   off = offset.astype(jnp.float32).reshape(n, h, w, dg, 9, 2).transpose(0, 1, 2, 4, 3, 5)
@@ -174,13 +174,18 @@ def _deform_columns(x: jax.Array, offset: jax.Array, mask: jax.Array, dg: int,
                                                          wy1 * wx1)]
   yi = jnp.clip(y0.astype(jnp.int32) + 1, 0, hx)
   xi = jnp.clip(x0.astype(jnp.int32) + 1, 0, w)
-  first_row = (np.arange(n, dtype=np.int32) * (hx + 1))[:, None, None, None, None]
-  rows = ((first_row + yi) * (w + 1) + xi) * dg + np.arange(dg, dtype=np.int32)
+  rows = (yi * (w + 1) + xi) * dg + np.arange(dg, dtype=np.int32)  # Within each frame.
   if materialise:
     # Materialise indices and weights once: fused into XLA CPU's gather they would be
-    # recomputed for every gathered element.
+    # recomputed for every gathered element. One gather from all frames' rows at once.
     rows, coefs = jax.lax.optimization_barrier((rows, coefs))
-  vals = table.at[rows].get(mode="promise_in_bounds")  # (N, H, W, 9, dg, 4 * cpg)
+    first_row = (np.arange(n, dtype=np.int32) * ((hx + 1) * (w + 1) * dg))[:, None, None, None,
+                                                                             None]
+    vals = table.reshape(-1, 4 * cpg).at[first_row + rows].get(mode="promise_in_bounds")
+  else:
+    # Frame by frame (a batched gather), so that frames split over devices stay split.
+    vals = jax.vmap(lambda t, r: t.at[r].get(mode="promise_in_bounds"))(table, rows)
+  # vals: (N, H, W, 9, dg, 4 * cpg)
   cols = vals[..., :cpg] * coefs[0]
   for q in range(1, 4):
     cols = cols + vals[..., q * cpg:(q + 1) * cpg] * coefs[q]

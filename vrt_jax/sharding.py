@@ -20,7 +20,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from vrt_jax import spatial
 
-DATA_AXIS = "data"
+DATA_AXIS = spatial.DATA_AXIS
 SPACE_AXIS = spatial.SPACE_AXIS
 # A clip (B, T, H, W, C): batch over 'data', height over 'space'.
 CLIP_SPEC = PartitionSpec(DATA_AXIS, None, SPACE_AXIS)

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import PartitionSpec
 
+DATA_AXIS = "data"
 SPACE_AXIS = "space"
 # Rows of each neighbour a band sees: flows and deformable offsets (flow + up to 10 px) within
 # it need no gather of the whole activation (at scales whose bands are shorter, the band's
@@ -32,13 +33,50 @@ SPACE_AXIS = "space"
 HALO_ROWS = 16
 
 
+def axis_size(name: str) -> int:
+  """Devices on mesh axis `name` of the program being traced (1 without a mesh or that axis)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or name not in mesh.axis_names:
+    return 1
+  return int(dict(mesh.shape)[name])
+
+
 def row_split() -> int:
   """Devices splitting the rows of the program being traced (1: not split), also inside a
   per-band function."""
-  mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty or SPACE_AXIS not in mesh.axis_names:
-    return 1
-  return int(dict(mesh.shape)[SPACE_AXIS])
+  return axis_size(SPACE_AXIS)
+
+
+def map_blocks(f: Callable[[Any], Any], xs: Any, item_bytes: int, budget_bytes: int) -> Any:
+  """`jax.lax.map` of a batched, rematerialised `f` over chunks of the leading axis (N) of
+  every leaf of `xs`, each chunk's items at most `budget_bytes` (`item_bytes` each) per device.
+
+  Each step takes items from every one of the 'data' axis's blocks of N, so that under a mesh
+  that splits N over 'data' every device works on its own items at every step: chunks of N
+  taken in order would be one device's items at a time, and GSPMD would gather them all.
+  """
+  f = jax.checkpoint(f)
+  n = jax.tree.leaves(xs)[0].shape[0]
+  manual = DATA_AXIS in getattr(jax.sharding.get_abstract_mesh(), "manual_axes", ())
+  blocks = 1 if manual else axis_size(DATA_AXIS)  # In a shard_map, N is the device's own.
+  blocks = blocks if n % blocks == 0 else 1
+  per_block = n // blocks
+  chunk = max(1, min(per_block, budget_bytes // max(1, item_bytes)))
+  while per_block % chunk:
+    chunk -= 1
+  steps = per_block // chunk
+  if steps == 1:
+    return f(xs)
+
+  def to_steps(t):  # (N, ...) -> (steps, blocks * chunk, ...)
+    t = jnp.moveaxis(t.reshape(blocks, steps, chunk, *t.shape[1:]), 1, 0)
+    return t.reshape(steps, blocks * chunk, *t.shape[3:])
+
+  def from_steps(t):
+    t = jnp.moveaxis(t.reshape(steps, blocks, chunk, *t.shape[2:]), 0, 1)
+    return t.reshape(n, *t.shape[3:])
+
+  return jax.tree.map(from_steps, lax.map(f, jax.tree.map(to_steps, xs)))
 
 
 def _in_band() -> bool:

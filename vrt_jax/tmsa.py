@@ -109,7 +109,7 @@ class TMSA(nn.Module, kw_only=True):
     if shifted:
       x = jnp.roll(x, [-s for s in shift_size], axis=(1, 2, 3))
       labels = compute_mask_labels(dp, hp, wp, window_size, shift_size)
-    windows = self.attn(window_partition(x, window_size), mask_labels=labels)
+    windows = self.attn(window_partition(x, window_size, grid=True), mask_labels=labels)
     x = window_reverse(windows, window_size, b, dp, hp, wp)
     if shifted:
       x = jnp.roll(x, list(shift_size), axis=(1, 2, 3))

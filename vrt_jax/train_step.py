@@ -87,7 +87,7 @@ def jit_train_step(model: Any, tx: optax.GradientTransformation,
       train_step, model=model, tx=tx, dropout_rng=dropout_rng, loss_eps=config.loss_eps,
       fix_keys=tuple(config.optim.fix_keys), frozen=frozen,
       nan_policy=config.nan_policy)
-  if sharding.space_size(mesh) > 1:
+  if mesh.size > 1:  # The model lays its work out by the mesh (e.g. window attention).
     step = spatial.traced_under(mesh, step)
   return jax.jit(step, in_shardings=(state_sh, sharding.batch_sharding(mesh)),
                  out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=0)

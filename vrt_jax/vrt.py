@@ -164,19 +164,24 @@ def parallel_warp(x: jax.Array, flows_backward: Sequence[jax.Array],
   nb_f = [pad_frames(x[:, :t - k], k - 1, 0) for k in range(1, num + 1)]
   fl_f = [pad_frames(f, k - 1, 0) for k, f in enumerate(flows_forward, start=1)]
 
-  def fold(a):  # (B, T-1, ...) -> (B * (T-1), ...)
-    return a.reshape(-1, *a.shape[2:])
-
-  nbrs = [jnp.concatenate([fold(p), fold(q)]) for p, q in zip(nb_b, nb_f, strict=True)]
-  flows = [jnp.concatenate([fold(p), fold(q)]) for p, q in zip(fl_b, fl_f, strict=True)]
-  current = jnp.concatenate([fold(x[:, :-1]), fold(x[:, 1:])])
+  nbrs = [both_directions(p, q) for p, q in zip(nb_b, nb_f, strict=True)]
+  flows = [both_directions(p, q) for p, q in zip(fl_b, fl_f, strict=True)]
+  current = both_directions(x[:, :-1], x[:, 1:])
   warped = [flow_warp(nb, fl) for nb, fl in zip(nbrs, flows, strict=True)]
   aligned = pa_deform(jnp.concatenate(nbrs, axis=-1), warped, current, flows)
-  aligned = aligned.reshape(2, b, t - 1, h, w, -1)
-  zeros = jnp.zeros_like(aligned[0, :, :1])
-  x_backward = jnp.concatenate([aligned[0], zeros], axis=1)
-  x_forward = jnp.concatenate([zeros, aligned[1]], axis=1)
+  aligned = aligned.reshape(b, 2, t - 1, h, w, -1)
+  zeros = jnp.zeros_like(aligned[:, 0, :1])
+  x_backward = jnp.concatenate([aligned[:, 0], zeros], axis=1)
+  x_forward = jnp.concatenate([zeros, aligned[:, 1]], axis=1)
   return x_backward, x_forward
+
+
+def both_directions(backward: jax.Array, forward: jax.Array) -> jax.Array:
+  """Two (B, T', ...) arrays as one batch (B * 2 * T', ...), clip by clip: each clip's part
+  stays one block of the batch, so clips split over devices stay split (two (B * T')
+  halves concatenated would interleave every device's clips with the others')."""
+  both = jnp.stack([backward, forward], axis=1)
+  return both.reshape(-1, *both.shape[3:])
 
 
 class VRT(nn.Module):
@@ -337,14 +342,13 @@ class VRT(nn.Module):
     x: (B, T, H, W, 3) -> (backward, forward) lists ordered [k=1 at scales 1, 2, 4, 8, k=2 ...],
     each (B, T - k, H / s, W / s, 2). Backward flows align frame t+k to t, forward t-k to t.
     """
-    b, t, h, w, c = x.shape
-    x1 = x[:, :-1].reshape(-1, h, w, c)
-    x2 = x[:, 1:].reshape(-1, h, w, c)
+    b, t = x.shape[:2]
+    x1, x2 = x[:, :-1], x[:, 1:]
     # Both directions in one SpyNet batch.
-    flows = SpyNet(name="spynet")(jnp.concatenate([x1, x2]), jnp.concatenate([x2, x1]))
-    n = b * (t - 1)
-    fb1 = [f[:n].reshape(b, t - 1, *f.shape[1:]) for f in flows]
-    ff1 = [f[n:].reshape(b, t - 1, *f.shape[1:]) for f in flows]
+    flows = SpyNet(name="spynet")(both_directions(x1, x2), both_directions(x2, x1))
+    flows = [f.reshape(b, 2, t - 1, *f.shape[1:]) for f in flows]
+    fb1 = [f[:, 0] for f in flows]
+    ff1 = [f[:, 1] for f in flows]
     fb, ff = list(fb1), list(ff1)
     if self.pa_frames >= 4:
       fb2 = flows_composed(fb1, fb1, forward=False, step=1)
@@ -363,13 +367,12 @@ class VRT(nn.Module):
     x: (B, T, H, W, C) -> two (B, T, H, W, 4C), zeros where the neighbour does not exist.
     """
     b, t, h, w, c = x.shape
-    fold = lambda a: a.reshape(-1, *a.shape[2:])
-    warped = nearest4_warp(jnp.concatenate([fold(x[:, 1:]), fold(x[:, :-1])]),
-                           jnp.concatenate([fold(flows_backward), fold(flows_forward)]))
-    warped = warped.reshape(2, b, t - 1, h, w, 4 * c)
-    zeros = jnp.zeros_like(warped[0, :, :1])
-    return (jnp.concatenate([warped[0], zeros], axis=1),
-            jnp.concatenate([zeros, warped[1]], axis=1))
+    warped = nearest4_warp(both_directions(x[:, 1:], x[:, :-1]),
+                           both_directions(flows_backward, flows_forward))
+    warped = warped.reshape(b, 2, t - 1, h, w, 4 * c)
+    zeros = jnp.zeros_like(warped[:, 0, :1])
+    return (jnp.concatenate([warped[:, 0], zeros], axis=1),
+            jnp.concatenate([zeros, warped[:, 1]], axis=1))
 
   def forward_features(self, x: jax.Array, flows_backward: Sequence[jax.Array],
                        flows_forward: Sequence[jax.Array], train: bool) -> jax.Array:

@@ -32,6 +32,49 @@ def test_bad_shape_and_failing_worker_are_explained():
     common.run_worker([sys.executable, "-c", "import sys; sys.exit('boom')"])
 
 
+_FAKE_COMPILE = r"""
+import json, os, re, sys, time
+dump = re.search(r"--xla_dump_to=(\S+)", os.environ["XLA_FLAGS"]).group(1)
+print("BENCH_INFO " + json.dumps({"shape": "1x2x64x64x3 on 1 chip"}), flush=True)
+def write(name, text):
+  with open(os.path.join(dump, name), "w") as f:
+    f.write(text)
+# The host's own small programs come first and are not the TPU program.
+write("module_0000.jit_stage.cpu_after_optimizations-buffer-assignment.txt",
+      "allocation 0: size 99999999999, preallocated-temp:\n")
+write("module_0000.jit_stage.cpu_after_optimizations-memory-usage-report.txt", "")
+time.sleep(1)
+write("module_0003.jit_step.after_optimizations-buffer-assignment.txt",
+      "allocation 0: size 512, thread-local:\n"
+      "allocation 1: size 1073741824, parameter 0, shape |f32[268435456]| at ShapeIndex {}:\n"
+      "allocation 2: size 3221225472, preallocated-temp:\n"
+      "allocation 3: size 4096, color 4, preallocated-temp:\n")
+write("module_0003.jit_step.after_optimizations-memory-usage-report.txt", "")
+time.sleep(600)  # Code generation, which --until_buffers does not wait for.
+"""
+
+
+def test_tpu_compile_stops_at_buffer_assignment_and_reads_it(tmp_path):
+  import time
+
+  import tpu_compile
+
+  worker = tmp_path / "fake_compile.py"
+  worker.write_text(_FAKE_COMPILE)
+  start = time.perf_counter()
+  row = tpu_compile.until_buffer_assignment(
+      [sys.executable, str(worker)], dict(os.environ, XLA_FLAGS=""), timeout=120,
+      row={"program": "train", "hbm_gib": 3.5})
+  assert time.perf_counter() - start < 60  # Stopped, not waited for.
+  assert row["temp_gib"] == pytest.approx(3.0) and row["argument_gib"] == pytest.approx(1.0)
+  assert row["fits"] == "no (buffers)" and row["shape"] == "1x2x64x64x3 on 1 chip"
+  # A worker that fails before its buffer assignment is reported with its output.
+  worker.write_text("import sys; print('no libtpu here'); sys.exit(3)")
+  with pytest.raises(RuntimeError, match=r"(?s)exit 3.*no libtpu here"):
+    tpu_compile.until_buffer_assignment([sys.executable, str(worker)], dict(os.environ),
+                                        timeout=60, row={})
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("script", ["bench_forward.py", "bench_train.py"])
 def test_script_runs_and_prints_table(script):

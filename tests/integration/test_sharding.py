@@ -129,6 +129,66 @@ def check_halo_exchange():
                                atol=2e-5)
 
 
+def check_window_attention():
+  """TMSA's window attention with the window rows split over 'space' and the clips over 'data'
+  (2 x 2 devices), with several frame windows and shifted-window masks, and the deformable
+  convolution's loop over frames split over 'data': the one-device values (and gradients), and
+  no all-gather (each device works on its own windows and frames). Run by the test below in a
+  subprocess (4 devices)."""
+  import jax.numpy as jnp
+  from jax.sharding import NamedSharding, PartitionSpec
+
+  from vrt_jax import attention, spatial
+
+  mesh = sharding.grid_mesh(jax.devices()[:4], 2)
+  window, shift, (d, h, w) = (2, 4, 4), (1, 2, 2), (4, 16, 8)  # 2 frame windows, 4 rows, 2 cols.
+  labels = attention.compute_mask_labels(d, h, w, window, shift)
+  module = attention.WindowAttention(dim=16, window_size=window, num_heads=2)
+  x = np.random.default_rng(1).standard_normal((2, d, h, w, 16)).astype(np.float32)
+  params = module.init(jax.random.key(0), attention.window_partition(x, window), labels)
+
+  def fn(params, x):
+    windows = attention.window_partition(x, window, grid=True)
+    out = module.apply(params, windows, labels)
+    return attention.window_reverse(out, window, *x.shape[:4])
+
+  loss = lambda params, x: jnp.sum(jnp.sin(fn(params, x)))  # noqa: E731
+  spec = NamedSharding(mesh, PartitionSpec(sharding.DATA_AXIS, None, sharding.SPACE_AXIS))
+  shardings = (NamedSharding(mesh, PartitionSpec()), spec)
+  split = jax.jit(spatial.traced_under(mesh, fn), in_shardings=shardings)
+  split_grad = jax.jit(jax.grad(spatial.traced_under(mesh, loss), argnums=(0, 1)),
+                       in_shardings=shardings)
+  for program in (split, split_grad):
+    hlo = program.lower(params, x).compile().as_text()
+    assert "all-gather" not in hlo, [line for line in hlo.splitlines() if "all-gather" in line]
+  np.testing.assert_allclose(np.asarray(split(params, x)), np.asarray(fn(params, x)), atol=2e-5)
+  got, want = split_grad(params, x), jax.grad(loss, argnums=(0, 1))(params, x)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-4)
+
+  # The accelerator deformable convolution's loop over frames, frames split over 'data' (4 x 1):
+  # each step takes frames of every device's block, so nothing is gathered.
+  import os
+  from unittest import mock
+
+  from vrt_jax import deform
+
+  rng = np.random.default_rng(2)
+  frames, offset = rng.random((8, 16, 12, 8), np.float32), rng.random((8, 16, 12, 36), np.float32)
+  mask, kernel = rng.random((8, 16, 12, 18), np.float32), rng.random((3, 3, 8, 4), np.float32)
+  conv = lambda x, o, m: deform.modulated_deform_conv(x, o, m, kernel, None, 2)  # noqa: E731
+  frames_spec = NamedSharding(sharding.grid_mesh(jax.devices()[:4], 1),
+                              PartitionSpec(sharding.DATA_AXIS))
+  with mock.patch.dict(os.environ, {"VRT_JAX_KERNELS": "xla"}), \
+       mock.patch.object(deform, "_COLUMN_BYTES", 1):  # One frame per device per step.
+    program = jax.jit(spatial.traced_under(frames_spec.mesh, conv),
+                      in_shardings=(frames_spec,) * 3)
+    hlo = program.lower(frames, offset, mask).compile().as_text()
+    assert "while" in hlo and "all-gather" not in hlo
+    np.testing.assert_allclose(np.asarray(program(frames, offset, mask)),
+                               np.asarray(conv(frames, offset, mask)), rtol=1e-5, atol=1e-5)
+
+
 def _deform_conv(x, offset, mask, *, kernel, bias, dg):
   from vrt_jax import deform
 
@@ -146,6 +206,10 @@ def _run_on_devices(check_name, devices):
 
 def test_halo_exchange_across_the_split_on_four_devices():
   _run_on_devices("check_halo_exchange", 4)
+
+
+def test_window_attention_stays_on_its_devices_across_the_split():
+  _run_on_devices("check_window_attention", 4)
 
 
 def test_space_meshes_on_eight_devices():
