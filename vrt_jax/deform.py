@@ -178,10 +178,10 @@ def _deform_columns(x: jax.Array, offset: jax.Array, mask: jax.Array, dg: int,
   if materialise:
     # Materialise indices and weights once: fused into XLA CPU's gather they would be
     # recomputed for every gathered element. One gather from all frames' rows at once.
-    rows, coefs = jax.lax.optimization_barrier((rows, coefs))
     first_row = (np.arange(n, dtype=np.int32) * ((hx + 1) * (w + 1) * dg))[:, None, None, None,
                                                                              None]
-    vals = table.reshape(-1, 4 * cpg).at[first_row + rows].get(mode="promise_in_bounds")
+    rows, coefs = jax.lax.optimization_barrier((first_row + rows, coefs))
+    vals = table.reshape(-1, 4 * cpg).at[rows].get(mode="promise_in_bounds")
   else:
     # Frame by frame (a batched gather), so that frames split over devices stay split.
     vals = jax.vmap(lambda t, r: t.at[r].get(mode="promise_in_bounds"))(table, rows)

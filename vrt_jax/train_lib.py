@@ -47,6 +47,31 @@ SUMMARY_FILE = "summary.json"
 CURVES_FILE = "curves.png"
 
 
+def _read_json(path: str) -> Any:
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
+
+def config_changes(previous: Any, config: ml_collections.ConfigDict) -> list[str]:
+  """'key: old -> new' for every setting of `config` that differs from `previous` (a config
+  saved as JSON, or None: no changes known), keys dotted, in order."""
+  if not isinstance(previous, dict):
+    return []
+  now = json.loads(config.to_json_best_effort(sort_keys=True))
+
+  def flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+      return {prefix[:-1]: d}
+    return {k: v for key, value in d.items() for k, v in flat(value, f"{prefix}{key}.").items()}
+
+  old, new = flat(previous), flat(now)
+  return [f"{k}: {old.get(k, '(unset)')} -> {new.get(k, '(unset)')}"
+          for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains (or resumes training in `workdir`) and returns the last logged metrics."""
   workdir = os.path.abspath(workdir)
@@ -54,6 +79,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   nan_policy = config.nan_policy
   if nan_policy not in ("stop", "skip"):
     raise ValueError(f"config.nan_policy must be 'stop' or 'skip', got {nan_policy!r}")
+  previous_config = _read_json(os.path.join(workdir, "config.json"))
   if is_main:
     # A full disk or read-only workdir fails here, not at the first checkpoint hours later.
     video.probe_writable(workdir, "workdir")
@@ -94,6 +120,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     model = model.clone(scan_blocks=saved_scanned)
     abstract_state = train_step.abstract_state(model, tx, mesh)
     state_sharding = jax.tree.map(lambda a: a.sharding, abstract_state)
+  changed = config_changes(previous_config, config) if start is not None else []
+  if changed:
+    logging.warning("%s was trained with another config; resuming its checkpoint with this one "
+                    "(changed: %s). Use a new --workdir to start afresh.", workdir,
+                    "; ".join(changed[:8]) + (f"; and {len(changed) - 8} more"
+                                              if len(changed) > 8 else ""))
   state = None
   while start is not None:
     logging.info("Resuming from %s/%d", manager.directory, start)

@@ -169,6 +169,10 @@ def test_a_run_saved_with_per_block_layout_resumes_in_it_under_the_scanned_defau
   run_train(wd, "--config.total_steps=2", config=str(cfg))
   proc = run_train(wd, "--config.total_steps=4")  # The demo config: scanned by default.
   assert "resuming with scan_blocks=False" in proc.stderr, proc.stderr[-3000:]
+  # The changed settings are named, not resumed silently.
+  assert "was trained with another config" in proc.stderr
+  assert "model.scan_blocks: False -> (unset)" in proc.stderr
+  assert "total_steps: 2 -> 4" in proc.stderr
   got, want = losses(wd), losses(ref)
   assert sorted(got) == [1, 2, 3, 4]
   np.testing.assert_allclose([got[s] for s in (3, 4)], [want[s] for s in (3, 4)], rtol=1e-6)

@@ -15,3 +15,21 @@ def test_phase_shows_on_the_bar_and_is_silent_on_a_disabled_one(capsys):
   assert bar.desc.startswith("train")
   bar.close()
   assert "compiling: 0 s" in capsys.readouterr().out
+
+
+def test_config_changes_lists_every_changed_setting():
+  import json
+
+  import ml_collections
+
+  config = ml_collections.ConfigDict(dict(seed=0, model=dict(img_size=(2, 64, 64), depths=[2]),
+                                          data=dict(sigma=(40, 60))))
+  saved = json.loads(config.to_json_best_effort())
+  assert train_lib.config_changes(saved, config) == []
+  assert train_lib.config_changes(None, config) == []  # No saved config: nothing known.
+  config.model.img_size = (4, 64, 64)
+  config.data.sigma = (30, 50)
+  config.lr = 1e-3
+  assert train_lib.config_changes(saved, config) == [
+      "data.sigma: [40, 60] -> [30, 50]", "lr: (unset) -> 0.001",
+      "model.img_size: [2, 64, 64] -> [4, 64, 64]"]
