@@ -25,6 +25,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import PartitionSpec
 
+from vrt_jax import memory
+
 DATA_AXIS = "data"
 SPACE_AXIS = "space"
 # Rows of each neighbour a band sees: flows and deformable offsets (flow + up to 10 px) within
@@ -61,9 +63,7 @@ def map_blocks(f: Callable[[Any], Any], xs: Any, item_bytes: int, budget_bytes: 
   blocks = 1 if manual else axis_size(DATA_AXIS)  # In a shard_map, N is the device's own.
   blocks = blocks if n % blocks == 0 else 1
   per_block = n // blocks
-  chunk = max(1, min(per_block, budget_bytes // max(1, item_bytes)))
-  while per_block % chunk:
-    chunk -= 1
+  chunk = memory.chunk_size(per_block, item_bytes, budget_bytes)
   steps = per_block // chunk
   if steps == 1:
     return f(xs)
