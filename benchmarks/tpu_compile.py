@@ -236,16 +236,21 @@ def buffer_assignment_sizes(path: str) -> tuple[float, float]:
 
 
 def until_buffer_assignment(cmd: list[str], env: dict[str, str], timeout: float,
-                            row: dict[str, Any]) -> dict[str, Any]:
+                            row: dict[str, Any], dump_dir: str = "") -> dict[str, Any]:
   """Runs a worker with XLA dumps on and stops it once libtpu has assigned the program's
   buffers (minutes; the code generation after it can take half an hour for a split program),
   reading per-chip temporaries and arguments from the dump. The worker's own result if it
-  finishes first."""
+  finishes first. `dump_dir`: keep the dump there (its memory-usage report names the largest
+  buffers) instead of a temporary folder."""
+  import contextlib
   import glob
   import signal
   import tempfile
 
-  with tempfile.TemporaryDirectory(prefix="vrt_tpu_dump_") as dump:
+  if dump_dir:
+    os.makedirs(dump_dir, exist_ok=True)
+  with (contextlib.nullcontext(dump_dir) if dump_dir else
+        tempfile.TemporaryDirectory(prefix="vrt_tpu_dump_")) as dump:
     env = dict(env, XLA_FLAGS=f"{env.get('XLA_FLAGS', '')} --xla_dump_to={dump} "
                "--xla_dump_hlo_as_text".strip())
     t0 = time.perf_counter()
@@ -312,6 +317,9 @@ def main() -> None:
                       help="stop each compile at libtpu's buffer assignment and report the "
                            "per-chip temporaries and arguments it assigned (minutes instead of "
                            "half an hour for large split programs; no TFLOPs)")
+  parser.add_argument("--dump_dir", default="",
+                      help="with --until_buffers: keep XLA's dump of the (last) program here; "
+                           "its *memory-usage-report.txt lists the largest buffers")
   parser.add_argument("--json", default="", help="also write the rows to this file")
   parser.add_argument("--hlo_dir", default="", help="write each compiled program's HLO text")
   parser.add_argument("--timeout", type=float, default=3600, help="seconds per program")
@@ -352,7 +360,7 @@ def main() -> None:
       if args.until_buffers:
         row = until_buffer_assignment(cmd, tpu_env(topology), args.timeout, {
             "program": program, "name": " ".join([what[1], *args.set]), "topology": topology,
-            "hbm_gib": HBM_GIB.get(topology.split(":")[0])})
+            "hbm_gib": HBM_GIB.get(topology.split(":")[0])}, args.dump_dir)
       else:
         row = common.run_worker(cmd, timeout=args.timeout, env=tpu_env(topology))
     except subprocess.TimeoutExpired:

@@ -33,6 +33,8 @@ SPACE_AXIS = "space"
 # it need no gather of the whole activation (at scales whose bands are shorter, the band's
 # height: only direct neighbours are exchanged).
 HALO_ROWS = 16
+# Bytes of whole frames a band's fallback gathers at once (per device).
+FALLBACK_BYTES = 16 << 20
 
 
 def axis_size(name: str) -> int:
@@ -133,9 +135,16 @@ def with_halo(fn: Callable[..., tuple[jax.Array, jax.Array]], x: jax.Array, *arg
     everywhere = lax.pmin(jnp.all(ok).astype(jnp.int32), SPACE_AXIS) > 0
 
     def whole_frame() -> jax.Array:
-      with jax.named_scope("halo_fallback"):
+      # A few frames at a time: the branch's buffers are allocated whether it runs or not,
+      # and all of x's frames whole would cost more than the band's own computation.
+      def frames(a: tuple[jax.Array, tuple[jax.Array, ...]]) -> jax.Array:
+        x, args = a
         whole = lax.all_gather(x, SPACE_AXIS, axis=1, tiled=True)
         return fn(whole, *args, Band(start, start, rows, h), *consts)[0]
+
+      with jax.named_scope("halo_fallback"):
+        return map_blocks(frames, (x, tuple(args)), h * x[0, 0].size * x.dtype.itemsize,
+                          FALLBACK_BYTES)
 
     return lax.cond(everywhere, lambda: out, whole_frame)
 

@@ -68,6 +68,13 @@ def test_tpu_compile_stops_at_buffer_assignment_and_reads_it(tmp_path):
   assert time.perf_counter() - start < 60  # Stopped, not waited for.
   assert row["temp_gib"] == pytest.approx(3.0) and row["argument_gib"] == pytest.approx(1.0)
   assert row["fits"] == "no (buffers)" and row["shape"] == "1x2x64x64x3 on 1 chip"
+  # dump_dir keeps the dump (its memory-usage report) for reading afterwards.
+  kept = tmp_path / "dump"
+  row = tpu_compile.until_buffer_assignment(
+      [sys.executable, str(worker)], dict(os.environ, XLA_FLAGS=""), timeout=120,
+      row={"program": "train", "hbm_gib": 3.5}, dump_dir=str(kept))
+  assert row["temp_gib"] == pytest.approx(3.0)
+  assert list(kept.glob("*after_optimizations-buffer-assignment.txt"))
   # A worker that fails before its buffer assignment is reported with its output.
   worker.write_text("import sys; print('no libtpu here'); sys.exit(3)")
   with pytest.raises(RuntimeError, match=r"(?s)exit 3.*no libtpu here"):

@@ -100,18 +100,22 @@ def check_halo_exchange():
     for a, b in zip(got_g, want_g, strict=True):
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-4)
 
-  # A flow within the halo (no gather of the frame) and one reaching 3 bands away (fallback).
-  for reach in (3.0, 20.0):
-    flow = ((rng.random((2, h, w, 2)) - 0.5) * 2 * reach).astype(np.float32)
-    check(warp.flow_warp, img, flow)
-    check(functools.partial(warp.flow_warp, padding_mode="border"), img, flow)
-    check(warp.nearest4_warp, img, flow)
-    dg = 2
-    offset = ((rng.random((2, h, w, dg * 18)) - 0.5) * 2 * reach).astype(np.float32)
-    mask = rng.random((2, h, w, dg * 9), np.float32)
-    kernel = rng.standard_normal((3, 3, 6, 4)).astype(np.float32) * 0.1
-    bias = rng.standard_normal(4).astype(np.float32)
-    check(functools.partial(_deform_conv, kernel=kernel, bias=bias, dg=dg), img, offset, mask)
+  # A flow within the halo (no gather of the frame) and one reaching 3 bands away (fallback:
+  # one whole frame at a time here, so its loop over frames runs).
+  from unittest import mock
+
+  for reach, fallback_bytes in ((3.0, spatial.FALLBACK_BYTES), (20.0, 1)):
+    with mock.patch.object(spatial, "FALLBACK_BYTES", fallback_bytes):
+      flow = ((rng.random((2, h, w, 2)) - 0.5) * 2 * reach).astype(np.float32)
+      check(warp.flow_warp, img, flow)
+      check(functools.partial(warp.flow_warp, padding_mode="border"), img, flow)
+      check(warp.nearest4_warp, img, flow)
+      dg = 2
+      offset = ((rng.random((2, h, w, dg * 18)) - 0.5) * 2 * reach).astype(np.float32)
+      mask = rng.random((2, h, w, dg * 9), np.float32)
+      kernel = rng.standard_normal((3, 3, 6, 4)).astype(np.float32) * 0.1
+      bias = rng.standard_normal(4).astype(np.float32)
+      check(functools.partial(_deform_conv, kernel=kernel, bias=bias, dg=dg), img, offset, mask)
   # Resizing: bands of the output from bands of the input (2x up, align_corners, and down).
   check(lambda x: warp.resize_bilinear(x, (2 * h, 2 * w), align_corners=True), img)
   check(lambda x: warp.resize_bilinear(x, (h // 2, w // 2)), img)

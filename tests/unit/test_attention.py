@@ -89,3 +89,15 @@ def test_relative_position_bias_without_a_gather_equals_the_table_lookup(window)
     np.testing.assert_array_equal(np.asarray(got), want)
     np.testing.assert_array_equal(
         np.asarray(attention._relative_position_bias_cpu(table, window, n)), want)
+
+
+def test_relative_position_bias_keeps_lane_dense_intermediates():
+  """On a TPU an array's minor axis is padded to 128 lanes: the bias of a 6x8x8 window must not
+  pass through a large intermediate with an 8-wide minor axis (the one-einsum form held
+  (heads, 6, 8, 8, 6, 8, 8), 16x its floats, for every TMSA layer's backward)."""
+  window = (6, 8, 8)
+  table = np.zeros((11 * 15 * 15, 6), np.float32)
+  jaxpr = jax.make_jaxpr(lambda t: attention._relative_position_bias_xla(t, window, 384))(table)
+  narrow = [v.aval.shape for eqn in jaxpr.eqns for v in eqn.outvars
+            if v.aval.size > table.size and v.aval.shape[-1] < 64]
+  assert not narrow, narrow

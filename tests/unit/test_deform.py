@@ -69,3 +69,16 @@ def test_gradients_match_finite_differences(kernel_choice):
 
   check_grads(f, (x, offset, mask, kernel, bias), order=1, modes=["rev"], eps=1e-2,
               atol=2e-2, rtol=2e-2)
+
+
+def test_neighbourhood_table_is_built_along_the_minor_axis():
+  """The 2 x 2 neighbourhood table must not pass through an array with (4, channels per group)
+  as its two minor axes: TPU tiles pad those to (8, 128), 12x the table for 10 channels."""
+  x = jnp.zeros((1, 16, 16, 120))
+  offset = jnp.zeros((1, 16, 16, 2 * 9 * 12))
+  mask = jnp.ones((1, 16, 16, 9 * 12))
+  jaxpr = jax.make_jaxpr(lambda *a: deform._deform_columns(*a, 12, materialise=False))(
+      x, offset, mask)
+  shapes = [v.aval.shape for eqn in jaxpr.eqns for v in eqn.outvars]
+  assert (1, 17, 17, 12, 40) in shapes  # The table before it is flattened to rows.
+  assert not [s for s in shapes if s[-2:] == (4, 10)], shapes
