@@ -110,7 +110,8 @@ def with_halo(fn: Callable[..., tuple[jax.Array, jax.Array]], x: jax.Array, *arg
   output's rows, if not H (a resize). `fn(xe, *args_band, band, *consts)` gets `xe`, some rows
   of x around the band (`Band`: where they lie; rows outside the frame are zeros) and the
   band's own args, and returns (out_band, ok) with ok True where every read stayed inside xe. A
-  band that is not ok makes every band recompute from the whole x (gathered). Without a split
+  band that is not ok makes every band recompute from the whole x (gathered, a few frames at a
+  time: `FALLBACK_BYTES`). Without a split
   (or with H or out_height not divisible by the devices on 'space'), fn runs once on the whole
   frame.
   """
