@@ -111,9 +111,8 @@ def with_halo(fn: Callable[..., tuple[jax.Array, jax.Array]], x: jax.Array, *arg
   of x around the band (`Band`: where they lie; rows outside the frame are zeros) and the
   band's own args, and returns (out_band, ok) with ok True where every read stayed inside xe. A
   band that is not ok makes every band recompute from the whole x (gathered, a few frames at a
-  time: `FALLBACK_BYTES`). Without a split
-  (or with H or out_height not divisible by the devices on 'space'), fn runs once on the whole
-  frame.
+  time: `FALLBACK_BYTES`). Without a split (or with H or out_height not divisible by the
+  devices on 'space'), fn runs once on the whole frame.
   """
   space = row_split()
   h = x.shape[1]
