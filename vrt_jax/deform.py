@@ -73,10 +73,12 @@ def _deform_conv_band(x: jax.Array, offset: jax.Array, mask: jax.Array, band: Ba
 
 
 def _deform_conv_matmul(x: jax.Array, offset: jax.Array, mask: jax.Array, kernel: jax.Array,
-                        dg: int, band: Band, materialise: bool = True) -> jax.Array:
+                        dg: int, band: Band, materialise: bool = True,
+                        table: jax.Array | None = None) -> jax.Array:
   n, _, w, cin = x.shape
   h = offset.shape[1]
-  cols = _deform_columns(x, offset, mask, dg, materialise, band=band).reshape(n * h * w, 9 * cin)
+  cols = _deform_columns(x, offset, mask, dg, materialise, band=band, table=table)
+  cols = cols.reshape(n * h * w, 9 * cin)
   # (k, Cin)-major columns against the (3, 3, Cin, Cout) kernel: one 2-D matmul.
   out = jnp.dot(cols, kernel.reshape(9 * cin, -1).astype(cols.dtype),
                 preferred_element_type=jnp.float32)
@@ -99,14 +101,41 @@ def _deform_conv_1group_xla(x: jax.Array, offset: jax.Array, mask: jax.Array, ke
                             dg: int, band: Band) -> jax.Array:
   n, hx, w, cin = x.shape
   h = offset.shape[1]
-  # A few frames at a time, each rematerialised: the gathered 2 x 2 neighbourhoods are 4x the
-  # columns, and on a TPU their 4 * Cin / dg floats per row pad to 128 lanes, far too many to
-  # keep for the backward pass or to hold for a whole test tile at once. The table they are
-  # gathered from has x's rows: a band's with its halos, or a whole frame (a band's fallback).
-  gathered = h * w * 9 * dg * max(128, 4 * cin // dg) * 4
-  table = (hx + 1) * (w + 1) * 4 * cin * 4
-  return spatial.map_blocks(lambda a: _deform_conv_matmul(*a, kernel, dg, band, materialise=False),
-                            (x, offset, mask), max(gathered, table), _COLUMN_BYTES)
+  # On a TPU a gathered 2 x 2 neighbourhood's 4 * Cin / dg floats pad to 128 lanes: a 48-row
+  # band of a 192x192 frame's are 648 MiB, and the backward pass holds several such buffers.
+  # So a band (rows split over devices) is sampled a few output rows at a time
+  # (rematerialised), from a table of neighbourhoods built once: its rows with their halos, or
+  # the whole frame (its fallback). Unsplit frames are sampled whole: their live buffers would
+  # shrink too, but libtpu's heap packs them worse (006 on one v5e chip: 14.45 -> 17.45 GiB;
+  # docs/spatial_parallelism.md).
+  lanes = max(128, 4 * cin // dg)
+  row_bytes = w * 9 * dg * lanes * 4
+  rows = memory.chunk_size(h, row_bytes, _COLUMN_BYTES) if band.rows < band.height else h
+  table_bytes = (hx + 1) * (w + 1) * dg * lanes * 4
+
+  def frames(a: tuple[jax.Array, jax.Array, jax.Array]) -> jax.Array:
+    x, offset, mask = a
+    if rows == h:
+      return _deform_conv_matmul(x, offset, mask, kernel, dg, band, materialise=False)
+    table = _neighbourhood_table(x, dg)
+    steps = h // rows
+
+    def sample(step: tuple[jax.Array, jax.Array, jax.Array]) -> jax.Array:
+      i, offset, mask = step
+      part = Band(band.top + i * rows, band.start + i * rows, rows, band.height)
+      return _deform_conv_matmul(x, offset, mask, kernel, dg, part, materialise=False,
+                                 table=table)
+
+    def to_steps(t: jax.Array) -> jax.Array:  # (N, H, ...) -> (steps, N, rows, ...)
+      return jnp.moveaxis(t.reshape(t.shape[0], steps, rows, *t.shape[2:]), 1, 0)
+
+    out = jax.lax.map(jax.checkpoint(sample), (jnp.arange(steps, dtype=jnp.int32),
+                                               to_steps(offset), to_steps(mask)))
+    return jnp.moveaxis(out, 0, 1).reshape(x.shape[0], h, w, -1)
+
+  # Per frame: the gathered neighbourhoods (9x the table's rows), and the table if it outlives them.
+  item_bytes = rows * row_bytes + (table_bytes if rows < h else 0)
+  return spatial.map_blocks(frames, (x, offset, mask), item_bytes, _COLUMN_BYTES)
 
 
 _deform_conv_1group = kernels.dispatch(cpu=_deform_conv_1group_cpu, xla=_deform_conv_1group_xla)
@@ -130,8 +159,22 @@ def _reads_inside(offset: jax.Array, dg: int, band: Band, rows: int) -> jax.Arra
   return ((y0 >= 0) & (y0 + 1 < rows)) | (frame_y0 < -1) | (frame_y0 > band.height - 1)
 
 
+def _neighbourhood_table(x: jax.Array, dg: int) -> jax.Array:
+  """(N, H, W, Cin) -> (N, (H + 1) * (W + 1) * dg, 4 * Cin / dg): row (y, x, group) holds the
+  2 x 2 neighbourhood of the zero-padded input starting at (y - 1, x - 1), the four corners'
+  channels one after another."""
+  n, hx, w, cin = x.shape
+  cpg = cin // dg
+  p = jnp.pad(x.reshape(n, hx, w, dg, cpg), ((0, 0), (1, 1), (1, 1), (0, 0), (0, 0)))
+  # Built by concatenating along the minor axis: a stack on a new axis holds (4, cpg) minor
+  # dims, which TPU tiles pad to (8, 128) (12x the table's floats).
+  table = jnp.concatenate([p[:, :-1, :-1], p[:, :-1, 1:], p[:, 1:, :-1], p[:, 1:, 1:]], axis=-1)
+  return table.reshape(n, (hx + 1) * (w + 1) * dg, 4 * cpg)
+
+
 def _deform_columns(x: jax.Array, offset: jax.Array, mask: jax.Array, dg: int,
-                    materialise: bool = True, *, band: Band | None = None) -> jax.Array:
+                    materialise: bool = True, *, band: Band | None = None,
+                    table: jax.Array | None = None) -> jax.Array:
   """The modulated, bilinearly sampled im2col columns: (N, H, W, 9, Cin), Cin ordered as in x.
 
   XLA's CPU gather costs about the same per index for a 10- or a 40-float row, so instead of one
@@ -144,18 +187,14 @@ def _deform_columns(x: jax.Array, offset: jax.Array, mask: jax.Array, dg: int,
   band: which frame rows x holds and the output has (those of offset and mask); default: x is
   the whole frame. materialise: the CPU kernel's layout (indices and weights computed once,
   one gather over all frames); else the accelerators' (fused, a gather batched over frames).
+  table: x's `_neighbourhood_table`, if already built.
   """
   n, hx, w, cin = x.shape
   h = offset.shape[1]
   band = band or Band(0, 0, hx, hx)
   top, r0, frame_h = band.top, band.start, band.height
   cpg = cin // dg
-  p = jnp.pad(x.reshape(n, hx, w, dg, cpg), ((0, 0), (1, 1), (1, 1), (0, 0), (0, 0)))
-  # Row (y, x, group): the four corners' channels one after another. Built by concatenating
-  # along the minor axis: a stack on a new axis holds (4, cpg) minor dims, which TPU tiles pad
-  # to (8, 128) (12x the table's floats).
-  table = jnp.concatenate([p[:, :-1, :-1], p[:, :-1, 1:], p[:, 1:, :-1], p[:, 1:, 1:]], axis=-1)
-  table = table.reshape(n, (hx + 1) * (w + 1) * dg, 4 * cpg)
+  table = _neighbourhood_table(x, dg) if table is None else table
 
   # Positions laid out (N, H, W, 9, dg) so that the columns come out in the kernel's order.
   off = offset.astype(jnp.float32).reshape(n, h, w, dg, 9, 2).transpose(0, 1, 2, 4, 3, 5)

@@ -68,7 +68,8 @@ def map_chunks(f: Callable[[Any], Any], xs: Any, chunk: int) -> Any:
   steps = leaves[0].shape[0] // chunk
   if steps == 1:
     return f(xs)
-  xs = jax.tree.map(lambda t: t.reshape(steps, chunk, *t.shape[1:]), xs)
+  # jnp: a numpy leaf could not be indexed with the loop's traced step.
+  xs = jax.tree.map(lambda t: jnp.asarray(t).reshape(steps, chunk, *t.shape[1:]), xs)
   shapes = jax.eval_shape(f, jax.tree.map(lambda t: t[0], xs))
   init = jax.tree.map(lambda s: after(jnp.zeros((steps, *s.shape), s.dtype), leaves[0]), shapes)
 

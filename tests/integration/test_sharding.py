@@ -104,8 +104,12 @@ def check_halo_exchange():
   # one whole frame at a time here, so its loop over frames runs).
   from unittest import mock
 
-  for reach, fallback_bytes in ((3.0, spatial.FALLBACK_BYTES), (20.0, 1)):
-    with mock.patch.object(spatial, "FALLBACK_BYTES", fallback_bytes):
+  from vrt_jax import deform
+
+  # The second also samples one row per step (deform._COLUMN_BYTES), in bands and fallback.
+  for reach, small in ((3.0, False), (20.0, True)):
+    with (mock.patch.object(spatial, "FALLBACK_BYTES", 1 if small else spatial.FALLBACK_BYTES),
+          mock.patch.object(deform, "_COLUMN_BYTES", 1 if small else deform._COLUMN_BYTES)):
       flow = ((rng.random((2, h, w, 2)) - 0.5) * 2 * reach).astype(np.float32)
       check(warp.flow_warp, img, flow)
       check(functools.partial(warp.flow_warp, padding_mode="border"), img, flow)

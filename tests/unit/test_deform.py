@@ -82,3 +82,48 @@ def test_neighbourhood_table_is_built_along_the_minor_axis():
   shapes = [v.aval.shape for eqn in jaxpr.eqns for v in eqn.outvars]
   assert (1, 17, 17, 12, 40) in shapes  # The table before it is flattened to rows.
   assert not [s for s in shapes if s[-2:] == (4, 10)], shapes
+
+
+@pytest.mark.parametrize("dg,groups", [(2, 1), (2, 2)])
+def test_a_band_is_sampled_a_few_rows_at_a_time(monkeypatch, dg, groups):
+  """The accelerator path samples a band of rows (a device's share of a split frame) a row per
+  step from a table of its rows with halos built once: the band of the whole frame's values,
+  and the same gradients, with reads across its steps and into its halos."""
+  from vrt_jax import kernels
+
+  monkeypatch.setenv(kernels.KERNELS_ENV, "xla")
+  # The band: rows 6-9 of 16, with 4 rows of halo either side (offsets reach 2 + 2 rows).
+  h, top, start, rows = 16, 4, 6, 4
+  x, kernel, bias = _inputs(groups=groups)
+  x = jnp.concatenate([x, x[:, ::-1], x], axis=1)[:, :h]
+  x = jnp.concatenate([x, x[:, ::-1]])  # Two frames: the loop over frames runs too.
+  k = jax.random.split(jax.random.key(5), 2)
+  offset = jax.random.uniform(k[0], (2, h, W, dg * 18), minval=-2, maxval=2)
+  mask = jax.random.uniform(k[1], (2, h, W, dg * 9))
+  band = deform.Band(top, start, rows, h)
+  xe = x[:, start - top:start + rows + top]
+  ours = slice(start, start + rows)
+
+  def whole(x, offset, mask, kernel):
+    return deform.modulated_deform_conv(x, offset, mask, kernel, bias, dg)[:, ours]
+
+  def banded(x, offset, mask, kernel):
+    xe = x[:, start - top:start + rows + top]
+    return deform._deform_conv_band(xe, offset[:, ours], mask[:, ours], band, kernel, bias,
+                                    dg=dg)[0]
+
+  def value_and_grads(f):
+    jax.clear_caches()
+    loss = lambda *a: jnp.sin(f(*a)).sum()  # noqa: E731
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3)))(x, offset, mask, kernel)
+
+  want = value_and_grads(whole)
+  monkeypatch.setattr(deform, "_COLUMN_BYTES", 1)  # One output row per step.
+  jaxpr = jax.make_jaxpr(lambda *a: deform._deform_conv_band(*a, band, kernel, bias, dg=dg))(
+      xe, offset[:, ours], mask[:, ours])
+  assert f"length={rows}" in str(jaxpr)  # The loop over the band's rows.
+  ok = deform._deform_conv_band(xe, offset[:, ours], mask[:, ours], band, kernel, bias, dg=dg)[1]
+  assert bool(jnp.all(ok))  # Every read within the halos: no fallback needed.
+  got = value_and_grads(banded)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
