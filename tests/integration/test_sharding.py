@@ -77,7 +77,7 @@ def check_halo_exchange():
   import jax.numpy as jnp
   from jax.sharding import NamedSharding, PartitionSpec
 
-  from vrt_jax import spatial, warp
+  from vrt_jax import deform, spatial, warp
 
   mesh = sharding.space_mesh(4)
   rows = NamedSharding(mesh, PartitionSpec(None, sharding.SPACE_AXIS))
@@ -103,8 +103,6 @@ def check_halo_exchange():
   # A flow within the halo (no gather of the frame) and one reaching 3 bands away (fallback:
   # one whole frame at a time here, so its loop over frames runs).
   from unittest import mock
-
-  from vrt_jax import deform
 
   # The second also samples one row per step (deform._COLUMN_BYTES), in bands and fallback.
   for reach, small in ((3.0, False), (20.0, True)):
