@@ -70,12 +70,34 @@ def standin_restorer(seed: int = 0, **fields) -> restore_lib.Restorer:
   return restore_lib.Restorer(model, standin_variables(model, seed), kwargs, None)
 
 
-def write_tiny_setup(directory):
+def steady_flows(params, flow: float = 0.25):
+  """`params` with SpyNet's flows `flow` pixels right and down everywhere, at every level.
+
+  A random SpyNet's flows are within rounding of 0, where the parallel warping's floor and ceil
+  jump by a pixel: two programs that round differently (split over devices, another kernel
+  path, another CPU's vector width) then differ by a pixel in a few places, which random weights
+  amplify to 20 levels of 255. Each level's flow is its last convolution's output plus twice the
+  coarser level's flow: kernels 0 and biases +flow at the coarsest level, -flow at the others.
+  """
+  spynet = {k: dict(v) for k, v in params["spynet"].items()}
+  for i, level in enumerate(sorted(spynet)):
+    last = spynet[level]["basic_module_8"]
+    spynet[level]["basic_module_8"] = {
+        "kernel": np.zeros_like(last["kernel"]),
+        "bias": np.full_like(last["bias"], flow if i == 0 else -flow)}
+  return {**params, "spynet": spynet}
+
+
+def write_tiny_setup(directory, steady: bool = False):
   """directory/tiny_config.py (the tiny VRT, deblurring) and directory/weights (random params
-  exported like `python -m vrt_jax.convert` does); returns both paths."""
+  exported like `python -m vrt_jax.convert` does); returns both paths.
+
+  steady: SpyNet's flows are a constant fraction of a pixel (`steady_flows`).
+  """
   (directory / "tiny_config.py").write_text(TINY_CONFIG)
   model = vrt_jax.VRT(**presets.tiny())
-  checkpoint.export_params(str(directory / "weights"), checkpoint.random_params(model),
+  params = checkpoint.random_params(model)
+  checkpoint.export_params(str(directory / "weights"), steady_flows(params) if steady else params,
                            presets.tiny())
   return directory / "tiny_config.py", directory / "weights"
 
