@@ -412,6 +412,7 @@ def test_training_data_faults_name_the_file_and_skip_when_configured(tmp_path, c
 # Training: SIGKILL in a step and in an async save, disk full, corrupt checkpoints.
 # ----------------------------------------------------------------------------------------------
 TRAIN_FLAGS = ("--config=configs/demo.py", "--config.total_steps=4", "--config.batch_size=2",
+               "--config.data.num_frames=2",
                "--config.log_every=1", "--config.checkpoint_every=2", "--config.eval_every=-1",
                "--config.data.synthetic_clips=8", "--config.data.val_clips=1",
                "--config.max_to_keep=5")

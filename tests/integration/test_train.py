@@ -16,15 +16,17 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # Compiled programs are shared between the subprocesses of a test session (and later sessions):
 # a resumed run then starts in seconds instead of recompiling.
 XLA_CACHE = os.path.join(tempfile.gettempdir(), "vrt_jax_test_xla_cache")
-# The demo config (real VRT, tiny, 2 frames of 64x64) with a short schedule.
+# A short schedule; for the demo config (real VRT, tiny), 2-frame clips of 64x64.
 BASE_FLAGS = ("--config.total_steps=6", "--config.batch_size=2", "--config.log_every=1",
               "--config.checkpoint_every=2", "--config.eval_every=-1",
               "--config.data.synthetic_clips=8", "--config.data.val_clips=1")
+DEMO_FLAGS = ("--config.data.num_frames=2",)
 
 
 def train_cmd(workdir, *flags, config="configs/demo.py"):
+  demo = DEMO_FLAGS if config == "configs/demo.py" else ()
   return [sys.executable, os.path.join(REPO, "train.py"), f"--config={config}",
-          f"--workdir={workdir}", *BASE_FLAGS, *flags]
+          f"--workdir={workdir}", *BASE_FLAGS, *demo, *flags]
 
 
 def train_env(num_devices=1, **extra):
@@ -165,8 +167,8 @@ def test_a_run_saved_with_per_block_layout_resumes_in_it_under_the_scanned_defau
   cfg.write_text("from configs import demo\n\n\ndef get_config():\n  config = demo.get_config()\n"
                  "  config.model.scan_blocks = False\n  return config\n")
   ref, wd = str(tmp_path / "ref"), str(tmp_path / "run")
-  run_train(ref, "--config.total_steps=4", config=str(cfg))
-  run_train(wd, "--config.total_steps=2", config=str(cfg))
+  run_train(ref, "--config.total_steps=4", *DEMO_FLAGS, config=str(cfg))
+  run_train(wd, "--config.total_steps=2", *DEMO_FLAGS, config=str(cfg))
   proc = run_train(wd, "--config.total_steps=4")  # The demo config: scanned by default.
   assert "resuming with scan_blocks=False" in proc.stderr, proc.stderr[-3000:]
   # The changed settings are named, not resumed silently.

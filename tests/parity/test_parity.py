@@ -208,8 +208,11 @@ def test_a_gradient_may_miss_by_rounding_in_a_few_entries_only():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["sr_x4", "deblur"])
-def test_gradients_match_reference_in_float64(name):
+# One kernel path per file: the other path's whole-model gradients are held to this one's by
+# test_kernels (every path and remat policy).
+@pytest.mark.parametrize("kernel_choice, name", [("cpu", "sr_x4"), ("xla", "deblur")],
+                         indirect=["kernel_choice"])
+def test_gradients_match_reference_in_float64(kernel_choice, name):
   # tests/data/grads_*.npz: the official VRT's gradients of sum(output * R) (R fixed, seed 7)
   # with respect to every parameter and the input, computed in float64, and the reference's
   # own float32 error per tensor. Ours (float32) must be within 1e-3 of each tensor's largest

@@ -145,8 +145,14 @@ def test_preset_parameter_counts_equal_the_reference():
   expected = {"001": 30_676_435, "002": 35_134_783, "003": 32_577_991, "004": 32_577_991,
               "005": 18_320_007, "006": 18_320_007, "007": 18_320_007, "008": 18_320_871,
               "009": 9_943_387}
+  counted = {}  # Presets with the same architecture (003/004, 005-007) are traced once.
   for name in presets.PRESETS:
-    assert convert.param_count(VRT(**presets.get_preset(name))) == expected[name[:3]], name
+    kwargs = presets.get_preset(name)
+    key = repr(sorted(kwargs.items()))
+    if key not in counted:
+      counted[key] = convert.param_count(VRT(**kwargs))
+    assert counted[key] == expected[name[:3]], name
+  assert len(counted) == 6
 
 
 def test_pth_bytes_roundtrip_is_independent_of_file_position():

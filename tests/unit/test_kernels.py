@@ -67,7 +67,7 @@ def test_both_kernel_paths_and_remat_policies_give_the_same_loss_and_gradients(m
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, x)
 
   want_loss, want = grads("cpu", "none")
-  # (xla, none) is held to the reference's gradients by test_parity.
+  # (cpu, none) and (xla, none) are held to the reference's gradients by test_parity.
   for choice, remat in (("xla", "full"), ("cpu", "dots_no_batch")):
     got_loss, got = grads(choice, remat)
     np.testing.assert_allclose(got_loss, want_loss, rtol=1e-5, err_msg=f"{choice}/{remat}")
