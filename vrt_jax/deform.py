@@ -101,16 +101,15 @@ def _deform_conv_1group_xla(x: jax.Array, offset: jax.Array, mask: jax.Array, ke
                             dg: int, band: Band) -> jax.Array:
   n, hx, w, cin = x.shape
   h = offset.shape[1]
-  # On a TPU a gathered 2 x 2 neighbourhood's 4 * Cin / dg floats pad to 128 lanes: a 48-row
-  # band of a 192x192 frame's are 648 MiB, and the backward pass holds several such buffers.
-  # So a band (rows split over devices) is sampled a few output rows at a time
-  # (rematerialised), from a table of neighbourhoods built once: its rows with their halos, or
-  # the whole frame (its fallback). Unsplit frames are sampled whole: their live buffers would
-  # shrink too, but libtpu's heap packs them worse (006 on one v5e chip: 14.45 -> 17.45 GiB;
-  # docs/spatial_parallelism.md).
+  # On a TPU a gathered 2 x 2 neighbourhood's 4 * Cin / dg floats pad to 128 lanes: a whole
+  # 192x192 frame's are 2.5 GiB, and the backward pass holds several such buffers. So a frame,
+  # or a band of its rows split over devices, is sampled a few output rows at a time
+  # (rematerialised), from a table of neighbourhoods built once: the band's rows with their
+  # halos, or the whole frame. (Before the parallel warping and SpyNet were rematerialised,
+  # libtpu packed the row loop of unsplit frames worse: docs/spatial_parallelism.md.)
   lanes = max(128, 4 * cin // dg)
   row_bytes = w * 9 * dg * lanes * 4
-  rows = memory.chunk_size(h, row_bytes, _COLUMN_BYTES) if band.rows < band.height else h
+  rows = memory.chunk_size(h, row_bytes, _COLUMN_BYTES)
   table_bytes = (hx + 1) * (w + 1) * dg * lanes * 4
 
   def frames(a: tuple[jax.Array, jax.Array, jax.Array]) -> jax.Array:

@@ -339,6 +339,25 @@ def describe_tiling(model: Any, shape: Sequence[int], tile: Sequence[int],
   return line
 
 
+def space_split_note(model: Any, shape: Sequence[int], tile: Sequence[int],
+                     tile_overlap: Sequence[int], space: int) -> str:
+  """Why a (T, H, W) clip's tiles would not be split over `space` devices, or ''.
+
+  A split needs the rows of the model's input (the tile height, or the padded frame height) to
+  divide evenly at VRT's 1/8 scale; otherwise every device samples and warps whole frames:
+  the output is the same, but little memory is saved.
+  """
+  if space <= 1:
+    return ""
+  restorer = _Restorer(ModelSpec.from_model(model), lambda v, x: x, None, tile, tile_overlap)
+  height = restorer.spatial_plan(int(shape[1]), int(shape[2]))[0][1]
+  if height % (8 * space) == 0:
+    return ""
+  return (f"the model's input height {height} is not a multiple of {8 * space}, so --space "
+          f"{space} cannot split its rows at every scale and saves little memory (each device "
+          f"samples whole frames); give --tile T,H,W with H a multiple of {8 * space}")
+
+
 def _zero(out: np.ndarray, mask: np.ndarray, axis: int, sl: slice) -> None:
   index = [slice(None)] * out.ndim
   index[axis] = sl

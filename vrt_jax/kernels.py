@@ -75,8 +75,10 @@ REMAT_POLICIES: dict[str, Any] = {
 }
 
 
-def remat(module: type[nn.Module], policy: str) -> type[nn.Module]:
-  """`module` (a block called as block(x, train)) rematerialised under `policy`.
+def remat(module: type[nn.Module], policy: str, static_argnums: tuple[int, ...] = (2,)
+          ) -> type[nn.Module]:
+  """`module` (a block called as block(x, train), or as `static_argnums` says: self is 0)
+  rematerialised under `policy`.
 
   Parameter names are unchanged: the wrapped class is instantiated with the same name.
   """
@@ -85,4 +87,16 @@ def remat(module: type[nn.Module], policy: str) -> type[nn.Module]:
                      f"{', '.join(REMAT_POLICIES)}")
   if policy == "none":
     return module
-  return nn.remat(module, policy=REMAT_POLICIES[policy], static_argnums=(2,))
+  return nn.remat(module, policy=REMAT_POLICIES[policy], static_argnums=static_argnums)
+
+
+def remat_part(fn: Callable[..., Any], policy: str) -> Callable[..., Any]:
+  """`fn(module, *arrays)`, a part of `module`'s computation outside its TMSA blocks (e.g. a
+  stage's parallel warping), rematerialised under `policy`: the backward pass keeps its inputs
+  instead of its activations. Submodules it creates with `parent=module` keep their names."""
+  if policy not in REMAT_POLICIES:
+    raise ValueError(f"remat policy {policy!r} is unknown: use one of "
+                     f"{', '.join(REMAT_POLICIES)}")
+  if policy == "none":
+    return fn
+  return nn.remat(fn, policy=REMAT_POLICIES[policy])

@@ -345,8 +345,11 @@ def restore_video(restorer: Restorer, input_path: str, output_path: str, *,
     tile, tile_overlap = choose_tiling(
         restorer.model_kwargs, reader.num_frames, reader.height, reader.width,
         budget_bytes=budget, tile=tile, tile_overlap=tile_overlap, preset=restorer.preset)
-    tiling = inference.describe_tiling(restorer.model, (reader.num_frames, reader.height,
-                                                        reader.width), tile, tile_overlap)
+    shape = (reader.num_frames, reader.height, reader.width)
+    tiling = inference.describe_tiling(restorer.model, shape, tile, tile_overlap)
+    note = inference.space_split_note(restorer.model, shape, tile, tile_overlap, space)
+    if note:
+      tiling += f"; warning: {note}"
     out_fps = fps or reader.fps
     s = spec.scale
     is_video = video.is_video_path(output_path)

@@ -53,24 +53,33 @@ def row_split() -> int:
 
 def map_blocks(f: Callable[[Any], Any], xs: Any, item_bytes: int, budget_bytes: int) -> Any:
   """`jax.lax.map` of a batched, rematerialised `f` over chunks of the leading axis (N) of
-  every leaf of `xs`, each chunk's items at most `budget_bytes` (`item_bytes` each) per device.
+  every leaf of `xs`, each chunk's items at most `budget_bytes` (`item_bytes` each) per device
+  (the chunks as `block_steps` takes them)."""
+  f = jax.checkpoint(f)
+  n = jax.tree.leaves(xs)[0].shape[0]
+  steps, to_steps, from_steps = block_steps(n, item_bytes, budget_bytes)
+  if steps == 1:
+    return f(xs)
+  return jax.tree.map(from_steps, lax.map(f, jax.tree.map(to_steps, xs)))
+
+
+def block_steps(n: int, item_bytes: int, budget_bytes: int
+                ) -> tuple[int, Callable[[Any], Any], Callable[[Any], Any]]:
+  """How to visit N items a few at a time, at most `budget_bytes` (`item_bytes` each) per
+  device and step: (steps, to_steps: (N, ...) -> (steps, N / steps, ...), from_steps: back).
 
   Each step takes items from every one of the 'data' axis's blocks of N, so that under a mesh
   that splits N over 'data' every device works on its own items at every step: chunks of N
   taken in order would be one device's items at a time, and GSPMD would gather them all.
   """
-  f = jax.checkpoint(f)
-  n = jax.tree.leaves(xs)[0].shape[0]
   manual = DATA_AXIS in getattr(jax.sharding.get_abstract_mesh(), "manual_axes", ())
   blocks = 1 if manual else axis_size(DATA_AXIS)  # In a shard_map, N is the device's own.
   blocks = blocks if n % blocks == 0 else 1
   per_block = n // blocks
   chunk = memory.chunk_size(per_block, item_bytes, budget_bytes)
   steps = per_block // chunk
-  if steps == 1:
-    return f(xs)
 
-  def to_steps(t):  # (N, ...) -> (steps, blocks * chunk, ...)
+  def to_steps(t):
     t = jnp.moveaxis(t.reshape(blocks, steps, chunk, *t.shape[1:]), 1, 0)
     return t.reshape(steps, blocks * chunk, *t.shape[3:])
 
@@ -78,7 +87,7 @@ def map_blocks(f: Callable[[Any], Any], xs: Any, item_bytes: int, budget_bytes: 
     t = jnp.moveaxis(t.reshape(steps, blocks, chunk, *t.shape[2:]), 0, 1)
     return t.reshape(n, *t.shape[3:])
 
-  return jax.tree.map(from_steps, lax.map(f, jax.tree.map(to_steps, xs)))
+  return steps, to_steps, from_steps
 
 
 def _in_band() -> bool:

@@ -9,7 +9,7 @@ interpolation when pa_frames is 0).
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vrt_jax import memory
+from vrt_jax import kernels, memory, spatial
 from vrt_jax.deform import DCNv2PackFlowGuided
 from vrt_jax.layers import Conv
 from vrt_jax.spynet import SpyNet, torch_conv_init
@@ -69,6 +69,10 @@ def flows_composed(flows: Sequence[jax.Array], flows2: Sequence[jax.Array], forw
     warped = flow_warp(far.reshape(-1, h, w, 2), near.reshape(-1, h, w, 2))
     out.append(near + warped.reshape(near.shape))
   return out
+
+
+# Bytes of the parallel warping's alignment per step (and device) when it is rematerialised.
+_ALIGN_BYTES = 256 << 20
 
 
 class Stage(nn.Module, kw_only=True):
@@ -130,19 +134,56 @@ class Stage(nn.Module, kw_only=True):
     x = dense(self.dim, "linear2", self.dtype)(y) + x
 
     if self.pa_frames:
-      pa_deform = DCNv2PackFlowGuided(
+      # Parallel warping at full resolution keeps more activations than the TMSA blocks (the
+      # offset head's 27 * dg channels, the fusion's 3 * dim): it follows the blocks' remat
+      # policy, keeping only x and the flows when that policy is 'full'.
+      x = kernels.remat_part(Stage._parallel_warping, self.remat)(
+          self, x, flows_backward, flows_forward)
+    return x
+
+  def _parallel_warping(self, x: jax.Array, flows_backward: Sequence[jax.Array],
+                        flows_forward: Sequence[jax.Array]) -> jax.Array:
+    x_backward, x_forward = parallel_warp(x, flows_backward, flows_forward,
+                                          functools.partial(Stage._align, self))
+    return MlpGEGLU(hidden_features=3 * self.dim, out_features=self.dim, dtype=self.dtype,
+                    name="pa_fuse", parent=self)(
+        jnp.concatenate([x, x_backward, x_forward], axis=-1))
+
+  def _align(self, x: jax.Array, warped: Sequence[jax.Array], current: jax.Array,
+             flows: Sequence[jax.Array]) -> jax.Array:
+    """The flow-guided deformable alignment (pa_deform) of N frame pairs (N, H, W, ...).
+
+    Under a remat policy, a few pairs per step (`nn.scan`, each step rematerialised): the
+    offset head's 27 * dg channels and the sampling of every pair of a full-resolution stage
+    at once were the training step's largest transients on a TPU.
+    """
+    def align(mdl, *args):
+      return DCNv2PackFlowGuided(
           features=self.dim, deformable_groups=self.deformable_groups,
           max_residue_magnitude=self.max_residue_magnitude, pa_frames=self.pa_frames,
-          dtype=self.dtype, name="pa_deform")
-      x_backward, x_forward = parallel_warp(x, flows_backward, flows_forward, pa_deform)
-      x = MlpGEGLU(hidden_features=3 * self.dim, out_features=self.dim, dtype=self.dtype,
-                   name="pa_fuse")(
-          jnp.concatenate([x, x_backward, x_forward], axis=-1))
-    return x
+          dtype=self.dtype, name="pa_deform", parent=mdl)(*args)
+
+    n, h, w, c = current.shape
+    # Per pair: the offset head's output, offsets and mask, and the convolutions' activations,
+    # each padded to 128 lanes as a TPU lays them out.
+    lanes = lambda k: -(-k // 128) * 128  # noqa: E731
+    item_bytes = h * w * 4 * (2 * lanes(27 * self.deformable_groups) + 6 * lanes(c))
+    steps, to_steps, from_steps = spatial.block_steps(n, item_bytes, _ALIGN_BYTES)
+    args = (x, warped, current, flows)
+    if self.remat == "none" or steps == 1:
+      return align(self, *args)
+
+    def step(mdl, carry, xs):
+      return carry, align(mdl, *xs)
+
+    scan = nn.scan(kernels.remat_part(step, self.remat), variable_broadcast="params",
+                   split_rngs={"params": False}, length=steps)
+    _, out = scan(self, None, jax.tree.map(to_steps, args))
+    return from_steps(out)
 
 
 def parallel_warp(x: jax.Array, flows_backward: Sequence[jax.Array],
-                  flows_forward: Sequence[jax.Array], pa_deform: nn.Module
+                  flows_forward: Sequence[jax.Array], pa_deform: Callable[..., jax.Array]
                   ) -> tuple[jax.Array, jax.Array]:
   """Parallel warping (VRT Sec. 3.3): align the next / previous pa_frames/2 frames to each frame.
 
@@ -344,8 +385,11 @@ class VRT(nn.Module):
     """
     b, t = x.shape[:2]
     x1, x2 = x[:, :-1], x[:, 1:]
-    # Both directions in one SpyNet batch.
-    flows = SpyNet(name="spynet")(both_directions(x1, x2), both_directions(x2, x1))
+    # Both directions in one SpyNet batch. Its pyramid's activations (16-64 channels, which
+    # accelerators pad to 128 lanes) would otherwise be kept from the first stage's forward pass
+    # to its backward pass: it follows the blocks' remat policy.
+    spynet = kernels.remat(SpyNet, self.remat, static_argnums=())
+    flows = spynet(name="spynet")(both_directions(x1, x2), both_directions(x2, x1))
     flows = [f.reshape(b, 2, t - 1, *f.shape[1:]) for f in flows]
     fb1 = [f[:, 0] for f in flows]
     ff1 = [f[:, 1] for f in flows]

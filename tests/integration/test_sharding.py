@@ -195,6 +195,42 @@ def check_window_attention():
                                np.asarray(conv(frames, offset, mask)), rtol=1e-5, atol=1e-5)
 
 
+def check_parallel_warping_in_steps():
+  """A stage under remat 'full' aligns a pair of frames per step (vrt._ALIGN_BYTES), on a
+  2 data x 2 space mesh: the one-device values and gradients of the stage without remat. Run by
+  the test below in a subprocess (4 devices)."""
+  import os
+  from unittest import mock
+
+  import jax.numpy as jnp
+  from jax.sharding import NamedSharding, PartitionSpec
+
+  from vrt_jax import spatial, vrt
+
+  mesh = sharding.grid_mesh(jax.devices()[:4], 2)
+  rng = np.random.default_rng(3)
+  b, t, h, w, c = 2, 3, 32, 16, 8
+  x = rng.standard_normal((b, t, h, w, c)).astype(np.float32)
+  fb, ff = (((rng.random((b, t - 1, h, w, 2)) - 0.5) * 6).astype(np.float32) for _ in range(2))
+  stage = dict(dim=c, depth=2, num_heads=2, window_size=(2, 8, 8), deformable_groups=2)
+  params = vrt.Stage(**stage).init(jax.random.key(0), x, [fb], [ff])
+
+  def loss(model):
+    return lambda p, x: jnp.sum(jnp.sin(model.apply(p, x, [fb], [ff])))
+
+  want = jax.value_and_grad(loss(vrt.Stage(**stage)), argnums=(0, 1))(params, x)
+  clips = NamedSharding(mesh, PartitionSpec(sharding.DATA_AXIS, None, sharding.SPACE_AXIS))
+  with mock.patch.dict(os.environ, {"VRT_JAX_KERNELS": "xla"}), \
+       mock.patch.object(vrt, "_ALIGN_BYTES", 1):  # One pair of frames per device per step.
+    split = jax.jit(jax.value_and_grad(spatial.traced_under(
+        mesh, loss(vrt.Stage(**stage, remat="full"))), argnums=(0, 1)),
+        in_shardings=(NamedSharding(mesh, PartitionSpec()), clips))
+    assert "while" in split.lower(params, x).compile().as_text()
+    got = split(params, x)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-4)
+
+
 def _deform_conv(x, offset, mask, *, kernel, bias, dg):
   from vrt_jax import deform
 
@@ -216,6 +252,10 @@ def test_halo_exchange_across_the_split_on_four_devices():
 
 def test_window_attention_stays_on_its_devices_across_the_split():
   _run_on_devices("check_window_attention", 4)
+
+
+def test_parallel_warping_in_steps_across_the_split():
+  _run_on_devices("check_parallel_warping_in_steps", 4)
 
 
 def test_space_meshes_on_eight_devices():

@@ -370,6 +370,22 @@ def test_describe_tiling_reports_the_tiles_run():
     inference.describe_tiling(model, (7, 40, 56), (1, 16, 16), (0, 4, 4))
 
 
+@pytest.mark.parametrize("shape, tile, space, split", [
+    ((6, 60, 96), (0, 0, 0), 4, True),     # Padded to 64 rows: 2 at the 1/8 scale per device.
+    ((6, 72, 96), (0, 0, 0), 4, False),    # 72 rows (9 at 1/8) do not split 4 ways.
+    ((6, 72, 96), (0, 0, 0), 3, True),
+    ((6, 200, 96), (0, 64, 0), 4, True),   # Tiles of 64 rows, whatever the frame's height.
+    ((6, 200, 96), (0, 72, 0), 2, False),
+    ((6, 72, 96), (0, 0, 0), 1, True),     # No split asked for: nothing to say.
+])
+def test_space_split_note_says_when_rows_cannot_be_split(shape, tile, space, split):
+  model = FakeModel()
+  note = inference.space_split_note(model, shape, tile, (0, 0, 0), space)
+  assert (note == "") == split
+  if not split:
+    assert f"not a multiple of {8 * space}" in note and "--tile" in note
+
+
 def test_progress_shows_compiling_and_keeps_it_out_of_the_rate(capsys):
   # The first call of a tile shape (compiling, here a 2 s stand-in) is labelled as such, and
   # the bar's rate counts only the tiles run after it (instant here).
