@@ -82,21 +82,25 @@ def remat(module: type[nn.Module], policy: str, static_argnums: tuple[int, ...] 
 
   Parameter names are unchanged: the wrapped class is instantiated with the same name.
   """
-  if policy not in REMAT_POLICIES:
-    raise ValueError(f"remat policy {policy!r} is unknown: use one of "
-                     f"{', '.join(REMAT_POLICIES)}")
-  if policy == "none":
+  checkpoint_policy = _checked(policy)
+  if checkpoint_policy is None:
     return module
-  return nn.remat(module, policy=REMAT_POLICIES[policy], static_argnums=static_argnums)
+  return nn.remat(module, policy=checkpoint_policy, static_argnums=static_argnums)
 
 
 def remat_part(fn: Callable[..., Any], policy: str) -> Callable[..., Any]:
   """`fn(module, *arrays)`, a part of `module`'s computation outside its TMSA blocks (e.g. a
   stage's parallel warping), rematerialised under `policy`: the backward pass keeps its inputs
   instead of its activations. Submodules it creates with `parent=module` keep their names."""
+  checkpoint_policy = _checked(policy)
+  if checkpoint_policy is None:
+    return fn
+  return nn.remat(fn, policy=checkpoint_policy)
+
+
+def _checked(policy: str) -> Any:
+  """The checkpoint policy named `policy` (None for 'none'); an unknown name is refused."""
   if policy not in REMAT_POLICIES:
     raise ValueError(f"remat policy {policy!r} is unknown: use one of "
                      f"{', '.join(REMAT_POLICIES)}")
-  if policy == "none":
-    return fn
-  return nn.remat(fn, policy=REMAT_POLICIES[policy])
+  return REMAT_POLICIES[policy]
