@@ -15,11 +15,18 @@ _DERIVED_TYPES = dict(scale=int, reverse=bool, color_jitter=bool, val_frames=int
                       exclude_clips=tuple)
 
 
+def model(preset: str) -> ml_collections.ConfigDict:
+  """The VRT constructor kwargs of a released model, with the remat policy chosen per platform:
+  none on CPU, full on a TPU or GPU chip (kernels.resolve_remat), where every official recipe
+  needs it to fit 16 GB."""
+  return ml_collections.ConfigDict(dict(presets.get_preset(preset), remat="auto"))
+
+
 def recipe(preset: str | None, *, task: str, scale: int) -> ml_collections.ConfigDict:
   """The training options common to all released models; `preset` fills config.model."""
   config = ml_collections.ConfigDict()
   config.preset = preset
-  config.model = ml_collections.ConfigDict(presets.get_preset(preset) if preset else {})
+  config.model = model(preset) if preset else ml_collections.ConfigDict()
   config.task = task
   config.scale = scale
 

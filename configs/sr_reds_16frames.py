@@ -5,14 +5,14 @@
 
 import ml_collections
 
-from configs import sr_reds
+from configs import common, sr_reds
 from vrt_jax import presets
 
 
 def get_config() -> ml_collections.ConfigDict:
   config = sr_reds.get_config()
   config.preset = "002_VRT_videosr_bi_REDS_16frames"
-  config.model = ml_collections.ConfigDict(presets.get_preset(config.preset))
+  config.model = common.model(config.preset)
   config.eval.tile = tuple(presets.TEST_SETTINGS[config.preset]["tile"])
   config.eval.tile_overlap = tuple(presets.TEST_SETTINGS[config.preset]["tile_overlap"])
   config.data.num_frames = 16

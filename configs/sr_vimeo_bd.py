@@ -8,13 +8,12 @@ BD: Gaussian blur sigma 1.6, then every 4th pixel. Fine-tuned from 002 like 003.
 
 import ml_collections
 
-from configs import sr_vimeo_bi
-from vrt_jax import presets
+from configs import common, sr_vimeo_bi
 
 
 def get_config() -> ml_collections.ConfigDict:
   config = sr_vimeo_bi.get_config()
   config.preset = "004_VRT_videosr_bd_Vimeo_7frames"
-  config.model = ml_collections.ConfigDict(presets.get_preset(config.preset))
+  config.model = common.model(config.preset)
   config.data.degradation = "bd"
   return config

@@ -23,9 +23,10 @@ itself is ill-defined or cannot run, we do this:
 
 * A frame smaller than the spatial tile is one tile of its own size, as in the reference, where
   the model accepts that size; the JAX model wants H and W multiples of 8 and at least 8 windows
-  (64 pixels), so smaller or odd-sized frames are mirror-padded up to the next size it accepts
-  (as for tile 0) and cropped back. (The reference feeds them unpadded: PyTorch VRT shrinks its
-  windows below 64 pixels and fails on sizes that are not multiples of 8.)
+  (64 pixels; above 32 with flows, `vrt.min_hw`), so smaller or odd-sized frames are mirror-padded
+  up to the next size it accepts (as for tile 0) and cropped back. (The reference feeds them
+  unpadded: PyTorch VRT shrinks its windows below 64 pixels and fails on sizes that are not
+  multiples of 8.)
 * A spatial overlap of 0 drops nothing. The reference's `out[..., -0:, :] *= 0` zeroes the whole
   tile for overlap 0, which makes its output NaN.
 
@@ -85,10 +86,12 @@ class ModelSpec:
     out_chans = int(getattr(model, "out_chans", 3))
     img_size = tuple(getattr(model, "img_size", (6, 64, 64)))
     window = tuple(int(w) for w in model.window_size)
-    # VRT downsamples by 8 and needs a whole window there; other modules only the multiple.
-    from vrt_jax.vrt import VRT
+    # VRT downsamples by 8 and needs a whole window there (and SpyNet a pyramid); other
+    # modules only the multiple.
+    from vrt_jax.vrt import VRT, min_hw
 
-    factor = 8 if isinstance(model, VRT) else 1
+    least = (min_hw(window, int(model.pa_frames)) if isinstance(model, VRT)
+             else (window[1], window[2]))
     return cls(
         scale=int(model.upscale),
         window_size=window,
@@ -96,7 +99,7 @@ class ModelSpec:
         out_channels=out_chans,
         pa_frames=int(model.pa_frames),
         num_frames=int(img_size[0]),
-        min_hw=(factor * window[1], factor * window[2]))
+        min_hw=least)
 
   @property
   def is_interpolation(self) -> bool:

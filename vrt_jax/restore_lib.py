@@ -96,8 +96,11 @@ def choose_tiling(model_kwargs: dict[str, Any], num_frames: int, height: int, wi
   then drop frames (down to 2 more than the overlap), then halve space further (down to the
   model's minimum, 8 windows). Raises ValueError if even that does not fit.
   """
-  window = tuple(with_model_defaults(model_kwargs)["window_size"])
-  min_hw = 8 * window[1]
+  import vrt_jax
+
+  kwargs = with_model_defaults(model_kwargs)
+  window = tuple(kwargs["window_size"])
+  min_hw = max(vrt_jax.vrt.min_hw(window, kwargs["pa_frames"]))
   user_overlap = tile_overlap is not None
   if tile_overlap is None:
     tile_overlap = presets.TEST_SETTINGS[preset]["tile_overlap"] if preset else (2, 20, 20)

@@ -11,15 +11,14 @@ from typing import Any
 import jax
 import numpy as np
 
-from vrt_jax.vrt import VRT
+from vrt_jax.vrt import VRT, min_hw
 
 
 def example_input_shape(model: VRT) -> tuple[int, ...]:
-  """(1, T, 8 * window_h, 8 * window_w, Cin): the smallest input `model.init` accepts."""
-  ws = model.window_size
+  """(1, T, H, W, Cin): the smallest input `model.init` accepts (H, W: `vrt.min_hw`)."""
   t = model.img_size[0] if model.pa_frames == 0 else max(model.img_size[0], 4)
   c = model.in_chans + (1 if model.nonblind_denoising and model.pa_frames else 0)
-  return (1, t, 8 * ws[1], 8 * ws[2], c)
+  return (1, t, *min_hw(model.window_size, model.pa_frames), c)
 
 
 def example_input(model: VRT) -> jax.ShapeDtypeStruct:

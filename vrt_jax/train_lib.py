@@ -32,6 +32,7 @@ from vrt_jax import (
   eval_lib,
   figures,
   inference,
+  kernels,
   metrics,
   optim,
   sharding,
@@ -89,7 +90,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # ----------------------------------------------------------------- mesh, model, data
   mesh = sharding.make_mesh(config)
   sharding.check_space_split(mesh, pipeline.batch_shapes(config.data, config.batch_size)["lq"])
-  model = vrt_jax.VRT(**config.model.to_dict())
+  model_kwargs = config.model.to_dict()
+  platform = mesh.devices.flat[0].platform
+  model_kwargs["remat"] = kernels.resolve_remat(model_kwargs.get("remat", "none"), platform)
+  if model_kwargs["remat"] != config.model.get("remat", "none"):
+    logging.info("remat policy %s on %s: %s", config.model.remat, platform, model_kwargs["remat"])
+  model = vrt_jax.VRT(**model_kwargs)
+
   def data_from(shuffle_seed: int) -> Any:
     return iter(pipeline.make_train_loader(
         config.data, batch_size=sharding.local_batch_size(config.batch_size), seed=config.seed,

@@ -9,6 +9,7 @@ interpolation when pa_frames is 0).
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -170,7 +171,7 @@ class Stage(nn.Module, kw_only=True):
     item_bytes = h * w * 4 * (2 * lanes(27 * self.deformable_groups) + 6 * lanes(c))
     steps, to_steps, from_steps = spatial.block_steps(n, item_bytes, _ALIGN_BYTES)
     args = (x, warped, current, flows)
-    if self.remat == "none" or steps == 1:
+    if kernels.resolve_remat(self.remat) == "none" or steps == 1:
       return align(self, *args)
 
     def step(mdl, carry, xs):
@@ -180,6 +181,21 @@ class Stage(nn.Module, kw_only=True):
                    split_rngs={"params": False}, length=steps)
     _, out = scan(self, None, jax.tree.map(to_steps, args))
     return from_steps(out)
+
+
+def min_hw(window_size: Sequence[int], pa_frames: int) -> tuple[int, int]:
+  """The smallest H and W a VRT takes: multiples of 8 (and of the window) holding a whole
+  window at scale 1/8 and, when it computes flows (pa_frames > 0), above 32: SpyNet works at
+  the next multiple of 32 and pools it 5 times, and its coarsest flow (half the top level)
+  needs a pixel."""
+  sizes = []
+  for wsi in window_size[1:]:
+    step = math.lcm(8, wsi)
+    least = 8 * wsi
+    while pa_frames and least <= 32:
+      least += step
+    sizes.append(least)
+  return sizes[0], sizes[1]
 
 
 def parallel_warp(x: jax.Array, flows_backward: Sequence[jax.Array],
@@ -266,8 +282,8 @@ class VRT(nn.Module):
   dtype: Any = jnp.float32
   # What each TMSA block keeps for the backward pass (kernels.REMAT_POLICIES): 'none' keeps
   # what autodiff keeps; 'full', 'dots', 'dots_no_batch' recompute the rest from the block's
-  # input. Chosen per training config to fit an accelerator's memory; outputs and gradients
-  # are the same.
+  # input; 'auto' (the training configs' choice) is 'none' on CPU and 'full' on a TPU or GPU
+  # (kernels.resolve_remat). Outputs and gradients are the same under every policy.
   remat: str = "none"
   # Run the TMSA blocks of each group as an nn.scan over (unshifted, shifted) pairs (TMSAG):
   # the same function, compiled once per group instead of once per block (006 train step on
@@ -286,11 +302,13 @@ class VRT(nn.Module):
       extra = " (RGB + noise map sigma/255)" if self.nonblind_denoising else ""
       raise ValueError(f"VRT expects {expected_c} channels{extra}, shape {layout}; got {shape}")
     ws = self.window_size
-    for name, n, wsi in (("H", h, ws[1]), ("W", w, ws[2])):
-      if n % 8 or n // 8 < wsi:
+    for name, n, wsi, least in zip("HW", (h, w), ws[1:], min_hw(ws, self.pa_frames),
+                                   strict=True):
+      if n % 8 or n < least:
+        flows = " and above 32 for SpyNet's flow pyramid" if least > 8 * wsi else ""
         raise ValueError(
             f"{name}={n} is not supported: H and W must be multiples of 8 and at least "
-            f"{8 * wsi} (the {wsi}-pixel window at scale 8); pad or tile the clip "
+            f"{least} (the {wsi}-pixel window at scale 8{flows}); pad or tile the clip "
             "(vrt_jax.inference.restore does both).")
     min_t = {0: 2, 2: 2, 4: 3, 6: 4}.get(self.pa_frames)
     if min_t is None:

@@ -48,6 +48,20 @@ def test_choice_follows_the_platform_compiled_for(monkeypatch, platform, kept, d
 def test_unknown_remat_policy_is_refused():
   with pytest.raises(ValueError, match="remat policy 'everything' is unknown: use one of none"):
     kernels.remat(vrt_jax.tmsa.TMSA, "everything")
+  with pytest.raises(ValueError, match="dots_no_batch or auto"):
+    kernels.resolve_remat("everything", "tpu")
+
+
+def test_auto_remat_is_none_on_cpu_and_full_on_accelerators():
+  # The training configs' 'auto': CPU memory is large and the CPU kernels recompute what pays;
+  # a 16-32 GB chip needs 'full' for every official recipe.
+  assert kernels.resolve_remat("auto", "cpu") == "none"
+  for platform in ("tpu", "gpu", "cuda", "rocm"):
+    assert kernels.resolve_remat("auto", platform) == "full"
+  assert kernels.resolve_remat("auto") == "none"  # This host's default backend.
+  for policy in kernels.REMAT_POLICIES:  # A named policy is kept on every platform.
+    assert kernels.resolve_remat(policy, "tpu") == kernels.resolve_remat(policy, "cpu") == policy
+  assert kernels.remat(vrt_jax.tmsa.TMSA, "auto") is vrt_jax.tmsa.TMSA  # 'none' here.
 
 
 @pytest.mark.parametrize("choice", ["cpu", "xla"])

@@ -12,7 +12,7 @@ import pytest
 from jax.ad_checkpoint import print_saved_residuals
 
 import vrt_jax
-from vrt_jax import kernels
+from vrt_jax import inference, kernels, shapes
 from vrt_jax.tmsa import TMSA, drop_path
 from vrt_jax.vrt import VRT
 
@@ -47,6 +47,28 @@ def test_other_bad_inputs_raise_value_error():
                                             window_size=[4, 8, 8])), (1, 6, 64, 64, 3))
   with pytest.raises(ValueError, match="upscale 5 is not supported"):
     _shape_check(VRT(**vrt_jax.presets.tiny(upscale=5)), (1, 6, 64, 64, 3))
+
+
+@pytest.mark.parametrize("window", [2, 3, 4, 8])
+@pytest.mark.parametrize("pa_frames", [0, 2])
+def test_smallest_frame_is_taken_and_a_smaller_one_refused_clearly(window, pa_frames):
+  # With flows, SpyNet's pyramid (five 2x poolings of the next multiple of 32) needs H, W
+  # above 32, which small windows alone would allow: then the message says so.
+  t = 4 if pa_frames == 0 else 2
+  model = VRT(**vrt_jax.presets.tiny(pa_frames=pa_frames, img_size=[t, 64, 64],
+                                     window_size=[t, window, window], depths=[1] * 9,
+                                     indep_reconsts=[] if pa_frames == 0 else [7, 8]))
+  least = vrt_jax.vrt.min_hw(model.window_size, pa_frames)
+  assert least[0] == least[1] and least[0] % 8 == 0 and least[0] % window == 0
+  assert least[0] >= 8 * window and (pa_frames == 0 or least[0] > 32)
+  h = least[0]
+  _shape_check(model, (1, t, h, h, 3))
+  flows = "above 32 for SpyNet" if pa_frames and 8 * window <= 32 else r"window at scale 8\)"
+  for smaller in ((1, t, h - 8, h, 3), (1, t, h, h - 8, 3)):
+    with pytest.raises(ValueError, match=f"=({h - 8}) is not supported.*at least {h} .*{flows}"):
+      _shape_check(model, smaller)
+  assert inference.ModelSpec.from_model(model).min_hw == least
+  assert shapes.example_input_shape(model)[2:4] == least  # What model.init is traced with.
 
 
 def test_output_shapes_per_task():
