@@ -26,8 +26,11 @@ Each program compiles in its own subprocess. A full-size program needs 10-25 min
 outputs - aliased + temporaries), whether it fits the chip's HBM (a program that does not fit
 fails to compile with RESOURCE_EXHAUSTED: then "no" and the compiler's figure), TFLOPs per
 step from `compiled.cost_analysis()` (which counts a loop body once, so programs with loops
-are undercounted), and the compile time. `--hlo_dir` writes each compiled program's text for
-`../shared/tools/hlo_roofline.py`.
+are undercounted), and the compile time. From the compiled program's HLO text
+(benchmarks/roofline.py): TFLOPs with every loop iteration counted, HBM traffic in GB (padded to
+the TPU's tiles), the roofline time on the topology's chip and its bound (compute or memory);
+when one program is compiled, also the per-part table. `--hlo_dir` writes each compiled
+program's text (for roofline.py or `../shared/tools/hlo_roofline.py`).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(1, ROOT)
 
 import _common as common  # noqa: E402
+import roofline  # noqa: E402
 
 # Usable HBM per device as libtpu reports it (GiB): v5e 16 GiB (15.75 usable), v4 32, v5p 95,
 # v6e 32.
@@ -71,6 +75,8 @@ COLUMNS = (("program", "program", ""), ("name", "config / preset", ""), ("shape"
            ("alias_gib", "aliased GiB", "{:.2f}"), ("temp_gib", "temp GiB", "{:.2f}"),
            ("peak_gib", "peak GiB", "{:.2f}"), ("hbm_gib", "HBM GiB", "{:.2f}"),
            ("fits", "fits", ""), ("tflops", "TFLOP (loops once)", "{:.2f}"),
+           ("tflop_total", "TFLOP (all loops)", "{:.2f}"), ("hbm_gb", "HBM GB (padded)", "{:.1f}"),
+           ("roofline_ms", "roofline ms (chip)", "{:.1f}"), ("bound", "bound", ""),
            ("compile_s", "compile s", "{:.0f}"))
 
 
@@ -143,6 +149,8 @@ def worker(args: argparse.Namespace) -> None:
     devices = np.array(topo.devices)
     space = int(config.get("mesh", {}).get("space", 1))  # --set mesh.space=4: rows split.
     mesh = sharding.grid_mesh(devices, space)
+    # The configs' remat 'auto' resolves for the platform compiled for, not this CPU host's.
+    config.model.remat = kernels.resolve_remat(config.model.get("remat", "none"), "tpu")
     model = vrt_jax.VRT(**config.model.to_dict())
     tx, _ = optim.make_optimizer(config.optim)
     state = train_step.abstract_state(model, tx, mesh)
@@ -165,6 +173,7 @@ def worker(args: argparse.Namespace) -> None:
       (*parents, leaf), value = parse_override(item)
       if parents == ["model"]:
         kwargs[leaf] = value
+    kwargs["remat"] = kernels.resolve_remat(kwargs.get("remat", "none"), "tpu")
     model = vrt_jax.VRT(**kwargs)
     shape = eval_shape(args.preset)
     if args.eval_tile:
@@ -181,6 +190,7 @@ def worker(args: argparse.Namespace) -> None:
     apply = spatial.traced_under(mesh, lambda p, x: model.apply({"params": p}, x))
     fn, fn_args = jax.jit(apply, out_shardings=clip), (params, x)
 
+  result["kernels"] += f", remat {model.remat}"
   print(INFO_TAG + json.dumps(result), flush=True)  # What is compiled (for --until_buffers).
   t0 = time.perf_counter()
   try:
@@ -209,12 +219,25 @@ def worker(args: argparse.Namespace) -> None:
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
   result["tflops"] = float(cost.get("flops", 0.0)) / 1e12
+  hlo = compiled.as_text()
+  # Seconds next to the compile's minutes; a parse failure must not lose the compile's result.
+  try:
+    report = roofline.analyze(hlo)
+  except Exception as e:  # noqa: BLE001
+    result["roofline_error"] = f"{type(e).__name__}: {e}"[:300]
+  else:
+    report.pop("loops")  # The row keeps the parts and per-chip rooflines, not every loop.
+    result.update(tflop_total=report["flops"] / 1e12, hbm_gb=report["hbm_bytes_padded"] / 1e9,
+                  hbm_gb_logical=report["hbm_bytes"] / 1e9, roofline=report)
+    on_chip = report["roofline"].get(kind)  # None for a chip kind without figures.
+    if on_chip:
+      result.update(roofline_ms=on_chip["time_s"] * 1e3, bound=on_chip["bound"])
   if args.hlo_dir:
     os.makedirs(args.hlo_dir, exist_ok=True)
     label = re.sub(r"[^\w.-]+", "_", f"{args.program}_{result['name']}_{args.topology}")
     path = os.path.join(args.hlo_dir, label + ".hlo.txt")
     with open(path, "w") as f:
-      f.write(compiled.as_text())
+      f.write(hlo)
     result["hlo"] = path
   common.emit(result)
 
@@ -321,7 +344,8 @@ def main() -> None:
                       help="with --until_buffers: keep XLA's dump of the (last) program here; "
                            "its *memory-usage-report.txt lists the largest buffers")
   parser.add_argument("--json", default="", help="also write the rows to this file")
-  parser.add_argument("--hlo_dir", default="", help="write each compiled program's HLO text")
+  parser.add_argument("--hlo_dir", default="", help="write each compiled program's HLO text "
+                      "(for benchmarks/roofline.py; its roofline is reported either way)")
   parser.add_argument("--timeout", type=float, default=3600, help="seconds per program")
   parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
   args = parser.parse_args()
@@ -381,6 +405,11 @@ def main() -> None:
         f"{common.machine_description(os.cpu_count() or 1)}:")
   print()
   common.print_table(rows, COLUMNS, None)
+  if len(rows) == 1 and rows[0].get("roofline"):
+    kind = rows[0]["topology"].split(":")[0]
+    print(f"\nRoofline of {rows[0]['program']} {rows[0].get('name')} (benchmarks/roofline.py):\n")
+    roofline.print_report(rows[0]["roofline"], [kind] + [c for c in roofline.CHIPS if c != kind]
+                          if kind in roofline.CHIPS else list(roofline.CHIPS))
   for row in rows:
     if row.get("error"):
       print(f"\n{row['program']} {row.get('name')} on {row['topology']}: {row['error']}")
