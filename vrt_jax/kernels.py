@@ -88,7 +88,9 @@ def resolve_remat(policy: str, platform: str | None = None) -> str:
   """
   if policy == REMAT_AUTO:
     return "none" if (platform or jax.default_backend()) == "cpu" else "full"
-  _checked(policy)
+  if policy not in REMAT_POLICIES:
+    raise ValueError(f"remat policy {policy!r} is unknown: use one of "
+                     f"{', '.join(REMAT_POLICIES)} or {REMAT_AUTO}")
   return policy
 
 
@@ -117,9 +119,4 @@ def remat_part(fn: Callable[..., Any], policy: str) -> Callable[..., Any]:
 
 def _checked(policy: str) -> Any:
   """The checkpoint policy named `policy` (None for 'none'); an unknown name is refused."""
-  if policy == REMAT_AUTO:
-    policy = resolve_remat(policy)
-  if policy not in REMAT_POLICIES:
-    raise ValueError(f"remat policy {policy!r} is unknown: use one of "
-                     f"{', '.join(REMAT_POLICIES)} or {REMAT_AUTO}")
-  return REMAT_POLICIES[policy]
+  return REMAT_POLICIES[resolve_remat(policy)]
