@@ -194,7 +194,8 @@ def worker(args: argparse.Namespace) -> None:
   print(INFO_TAG + json.dumps(result), flush=True)  # What is compiled (for --until_buffers).
   t0 = time.perf_counter()
   try:
-    compiled = fn.lower(*fn_args).compile()
+    with kernels.compiling_for("tpu"):  # Not this CPU host's kernels.
+      compiled = fn.lower(*fn_args).compile()
   except Exception as e:  # noqa: BLE001 - the compiler's verdict is the result.
     text = str(e)
     if "RESOURCE_EXHAUSTED" not in text:

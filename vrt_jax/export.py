@@ -27,6 +27,7 @@ the same architecture and the module file stays small.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -38,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vrt_jax import presets
+from vrt_jax import kernels, presets
 
 FORWARD = "forward.jax_export"
 BYTECODE = "forward.mlirbc"
@@ -101,11 +102,16 @@ def export_forward(model: Any, params: Any, shape: Sequence[int], *, params_mode
     raise ValueError(f"params mode must be one of {PARAM_MODES}; got {params_mode!r}")
   x = jax.ShapeDtypeStruct(tuple(shape), jnp.float32)
   kw = {} if platforms is None else {"platforms": tuple(platforms)}
-  if params_mode == "baked":
-    constants = jax.tree_util.tree_map(jnp.asarray, params)
-    return jax.export.export(jax.jit(lambda x: model.apply({"params": constants}, x)), **kw)(x)
-  abstract = jax.tree_util.tree_map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype), params)
-  return jax.export.export(jax.jit(lambda p, x: model.apply({"params": p}, x)), **kw)(abstract, x)
+  # The kernels of the platform named, or of each one at lowering when several are named.
+  with (contextlib.nullcontext() if platforms is None else
+        kernels.compiling_for(platforms[0] if len(platforms) == 1 else None)):
+    if params_mode == "baked":
+      constants = jax.tree_util.tree_map(jnp.asarray, params)
+      return jax.export.export(jax.jit(lambda x: model.apply({"params": constants}, x)),
+                               **kw)(x)
+    abstract = jax.tree_util.tree_map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype), params)
+    return jax.export.export(jax.jit(lambda p, x: model.apply({"params": p}, x)),
+                             **kw)(abstract, x)
 
 
 def write_export(out: str | os.PathLike, exported: jax.export.Exported, params: Any, *,

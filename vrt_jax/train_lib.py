@@ -163,8 +163,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       start = max(earlier) if earlier else None
   if start is None:
     start = 0
-    init_fn = jax.jit(functools.partial(train_step.init_state, model, tx),
-                      out_shardings=state_sharding).lower(init_rng)
+    with kernels.compiling_for(platform):
+      init_fn = jax.jit(functools.partial(train_step.init_state, model, tx),
+                        out_shardings=state_sharding).lower(init_rng)
     # Initialisation runs once; on CPU, XLA's optimisation passes cost far more than they save.
     options = ({"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
                if jax.default_backend() == "cpu" else None)
@@ -226,7 +227,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if frozen not in compiled:
         compile_start = time.perf_counter()
         with phase(pbar, "compiling the training step"):
-          compiled[frozen] = step_fns[frozen].lower(state, batch).compile()
+          with kernels.compiling_for(platform):  # The mesh's, whatever the default backend.
+            compiled[frozen] = step_fns[frozen].lower(state, batch).compile()
         sharding.sync_processes(f"compiled_step_{step}")
         # Compiling is not training: keep it out of the bar's it/s and ETA and of steps_per_sec.
         pbar.unpause()

@@ -33,16 +33,35 @@ def test_environment_forces_a_kernel_choice(monkeypatch):
 @pytest.mark.parametrize("platform, kept, dropped", [("cpu", "1.100000e+01", "2.200000e+01"),
                                                      ("tpu", "2.200000e+01", "1.100000e+01"),
                                                      ("cuda", "2.200000e+01", "1.100000e+01")])
-def test_choice_follows_the_platform_compiled_for(monkeypatch, platform, kept, dropped):
+@pytest.mark.parametrize("chosen_when", ["traced", "lowered"])
+def test_choice_follows_the_platform_compiled_for(monkeypatch, platform, kept, dropped,
+                                                  chosen_when):
   # Lowered on this CPU host for another platform (as an ahead-of-time TPU compile is), the
-  # program holds only that platform's implementation.
+  # program holds only that platform's implementation: named when tracing, or left to lowering.
   monkeypatch.delenv(kernels.KERNELS_ENV, raising=False)
-  exported = jax.export.export(jax.jit(_both), platforms=[platform])(
-      jax.ShapeDtypeStruct((3,), jnp.float32))
+  with kernels.compiling_for(platform if chosen_when == "traced" else None):
+    exported = jax.export.export(jax.jit(lambda x: _both(x)), platforms=[platform])(
+        jax.ShapeDtypeStruct((3,), jnp.float32))
   text = exported.mlir_module()
   assert kept in text and dropped not in text
   if platform == "cpu":
     np.testing.assert_array_equal(exported.call(jnp.zeros(3)), np.full(3, 11.0))
+
+
+def test_default_choice_is_made_once_when_tracing_for_the_default_backend(monkeypatch):
+  # Only the default backend's implementation is traced: tracing both doubles a VRT's tracing.
+  monkeypatch.delenv(kernels.KERNELS_ENV, raising=False)
+  traced = []
+  both = kernels.dispatch(cpu=lambda x: traced.append("cpu") or x + 11.0,
+                          xla=lambda x: traced.append("xla") or x + 22.0)
+  assert float(jax.jit(lambda x: both(x))(jnp.zeros(()))) == 11.0  # This host is a CPU.
+  assert traced == ["cpu"]
+  with kernels.compiling_for("tpu"):
+    jax.jit(lambda x: both(x)).trace(jnp.zeros(()))
+  assert traced == ["cpu", "xla"]
+  with kernels.compiling_for(None):
+    assert float(jax.jit(lambda x: both(x))(jnp.zeros(()))) == 11.0
+  assert traced == ["cpu", "xla", "cpu", "xla"]
 
 
 def test_unknown_remat_policy_is_refused():
