@@ -69,6 +69,11 @@ def compiling_for(platform: str | None) -> Iterator[None]:
     _PLATFORM.reset(token)
 
 
+def _target_platform() -> str:
+  """The platform traces are made for: the one `compiling_for` names, else the default backend."""
+  return _PLATFORM.get() or jax.default_backend()
+
+
 def dispatch(*, cpu: Callable[..., Any], xla: Callable[..., Any]) -> Callable[..., Any]:
   """A function that runs `cpu` in programs compiled for CPU and `xla` everywhere else (the
   platform as `compiling_for` says).
@@ -87,11 +92,10 @@ def dispatch(*, cpu: Callable[..., Any], xla: Callable[..., Any]) -> Callable[..
       return (cpu if choice == "cpu" else xla)(*args, **kwargs)
     if spatial.row_split() > 1:
       return xla(*args, **kwargs)
-    platform = _PLATFORM.get()
-    if platform is None:
+    if _PLATFORM.get() is None:
       return jax.lax.platform_dependent(cpu=lambda: cpu(*args, **kwargs),
                                         default=lambda: xla(*args, **kwargs))
-    return (cpu if (platform or jax.default_backend()) == "cpu" else xla)(*args, **kwargs)
+    return (cpu if _target_platform() == "cpu" else xla)(*args, **kwargs)
 
   return kernel
 
@@ -118,7 +122,7 @@ def resolve_remat(policy: str, platform: str | None = None) -> str:
   step: 8.3 GiB per v5e chip with it, 90 GiB without).
   """
   if policy == REMAT_AUTO:
-    return "none" if (platform or _PLATFORM.get() or jax.default_backend()) == "cpu" else "full"
+    return "none" if (platform or _target_platform()) == "cpu" else "full"
   if policy not in REMAT_POLICIES:
     raise ValueError(f"remat policy {policy!r} is unknown: use one of "
                      f"{', '.join(REMAT_POLICIES)} or {REMAT_AUTO}")
