@@ -38,6 +38,7 @@ def main() -> None:
   with open(os.path.join(args.workdir, "config.json")) as f:
     config = ml_collections.ConfigDict(json.load(f))
   kwargs = config.model.to_dict()
+  kwargs.pop("dtype", None)  # The run's own compute dtype; both are compared below.
   params = checkpoint.load_params(args.workdir, vrt_jax.VRT(**kwargs))
   clips = pipeline.make_val_clips(config.data, num_clips=config.data.val_clips,
                                   seed=config.seed + 1)

@@ -18,8 +18,10 @@ _DERIVED_TYPES = dict(scale=int, reverse=bool, color_jitter=bool, val_frames=int
 def model(preset: str) -> ml_collections.ConfigDict:
   """The VRT constructor kwargs of a released model, with the remat policy chosen per platform:
   none on CPU, full on a TPU or GPU chip (kernels.resolve_remat), where every official recipe
-  needs it to fit 16 GB."""
-  return ml_collections.ConfigDict(dict(presets.get_preset(preset), remat="auto"))
+  needs it to fit 16 GB; float32 compute (`--config.model.dtype=bfloat16` computes in bfloat16
+  with float32 parameters and optimizer state)."""
+  return ml_collections.ConfigDict(dict(presets.get_preset(preset), remat="auto",
+                                        dtype="float32"))
 
 
 def recipe(preset: str | None, *, task: str, scale: int) -> ml_collections.ConfigDict:

@@ -46,6 +46,8 @@ METRICS_FILE = "metrics.jsonl"
 BASELINES_FILE = "baselines.json"
 SUMMARY_FILE = "summary.json"
 CURVES_FILE = "curves.png"
+# config.model.dtype: what the model computes in (VRT's `dtype`; parameters stay float32).
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 def _read_json(path: str) -> Any:
@@ -80,6 +82,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   nan_policy = config.nan_policy
   if nan_policy not in ("stop", "skip"):
     raise ValueError(f"config.nan_policy must be 'stop' or 'skip', got {nan_policy!r}")
+  compute_dtype = config.model.get("dtype", "float32")
+  if compute_dtype not in COMPUTE_DTYPES:
+    raise ValueError(
+        f"config.model.dtype must be one of {', '.join(COMPUTE_DTYPES)} (the compute dtype; "
+        f"parameters and optimizer state stay float32), got {compute_dtype!r}")
   previous_config = _read_json(os.path.join(workdir, "config.json"))
   if is_main:
     # A full disk or read-only workdir fails here, not at the first checkpoint hours later.
@@ -95,6 +102,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   model_kwargs["remat"] = kernels.resolve_remat(model_kwargs.get("remat", "none"), platform)
   if model_kwargs["remat"] != config.model.get("remat", "none"):
     logging.info("remat policy %s on %s: %s", config.model.remat, platform, model_kwargs["remat"])
+  if compute_dtype != "float32":
+    logging.info("computing in %s (float32 parameters and optimizer state)", compute_dtype)
   model = vrt_jax.VRT(**model_kwargs)
 
   def data_from(shuffle_seed: int) -> Any:

@@ -33,3 +33,16 @@ def test_config_changes_lists_every_changed_setting():
   assert train_lib.config_changes(saved, config) == [
       "data.sigma: [40, 60] -> [30, 50]", "lr: (unset) -> 0.001",
       "model.img_size: [2, 64, 64] -> [4, 64, 64]"]
+
+
+def test_an_unknown_compute_dtype_is_named_before_anything_is_written(tmp_path):
+  import pytest
+
+  from configs import demo
+
+  config = demo.get_config()
+  config.model.dtype = "bf16"
+  with pytest.raises(ValueError, match="config.model.dtype must be one of float32, bfloat16 .* "
+                                       "got 'bf16'"):
+    train_lib.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()
