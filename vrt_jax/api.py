@@ -103,7 +103,7 @@ class VideoRestorer:
 
 def load(weights: str, *, preset: str | None = None, config: str | None = None,
          tile: Sequence[int] | None = None, tile_overlap: Sequence[int] | None = None,
-         fast: bool = True, progress: bool = True) -> VideoRestorer:
+         fast: bool = True, progress: bool = True, dtype: str | None = None) -> VideoRestorer:
   """A restorer for `weights`: a released model name (e.g. "006_VRT_videodeblurring_GoPro",
   downloaded, verified and converted once), an official `.pth`, a converted folder or a
   training workdir.
@@ -113,10 +113,12 @@ def load(weights: str, *, preset: str | None = None, config: str | None = None,
   fast: compile once per tile shape ahead of time and keep it (memory.CompiledPerShape);
     False uses plain `jax.jit(model.apply)` per call.
   progress: a progress bar while downloading weights.
+  dtype: compute precision, "float32" or "bfloat16" (parameters stay float32); default: the
+    weights' own (float32 for released models).
   """
   from vrt_jax import runtime
 
   with runtime.quiet_logs_while():  # Orbax's INFO lines (and a harmless warning) per read.
     loaded = restore_lib.load_restorer(preset=preset, weights=str(weights), config=config,
-                                   progress=progress)
+                                       progress=progress, dtype=dtype)
   return VideoRestorer(loaded, tile=tile, tile_overlap=tile_overlap, fast=fast)

@@ -23,6 +23,10 @@ _RESTORE_BODY = dict(
     num_heads=[6] * 11,
 )
 
+# What a model's `dtype` (its compute precision) may be in a config, a workdir or `--dtype`;
+# parameters are float32 either way.
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
 PRESETS: dict[str, dict[str, Any]] = {
     "001_VRT_videosr_bi_REDS_6frames": dict(
         upscale=4, img_size=[6, 64, 64], window_size=[6, 8, 8], pa_frames=2,

@@ -60,6 +60,10 @@ def build_parser(prog: str = "vrt-restore") -> argparse.ArgumentParser:
   parser.add_argument("--space", type=int, default=1, metavar="N",
                       help="split each tile's rows over N devices (spatial parallelism; "
                       "--memory_budget_mb is then per device)")
+  parser.add_argument("--dtype", choices=presets.COMPUTE_DTYPES,
+                      help="compute precision (default: the weights' own, float32 for released "
+                           "models); bfloat16 is for GPUs and TPUs: parameters stay float32, "
+                           "and --memory_budget_mb still plans tiles for float32")
   parser.add_argument("--sigma", type=float,
                       help="noise level 0-255 (denoising; a workdir's config gives a default)")
   parser.add_argument("--fps", type=float, help="output frame rate (default: the input's)")
@@ -120,7 +124,9 @@ def _main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   runtime.enable_compilation_cache()  # Each tile shape compiles once, across runs too.
   restorer = load_restorer(preset=args.preset, weights=args.weights, config=args.config,
                            checkpoint_fallback=args.checkpoint_fallback, progress=not args.quiet,
-                           log=lambda line: print(line, file=sys.stderr))
+                           log=lambda line: print(line, file=sys.stderr), dtype=args.dtype)
+  if restorer.model_kwargs.get("dtype", "float32") != "float32":
+    print(f"computing in {restorer.model_kwargs['dtype']} (float32 parameters)", flush=True)
   if args.sigma is None and restorer.defaults.get("sigma"):
     print(f"--sigma not given: using {restorer.defaults['sigma']:g}, the noise level "
           f"{args.weights} was validated at", flush=True)

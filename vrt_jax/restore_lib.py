@@ -206,7 +206,7 @@ def describe_weights_source(weights: str) -> str:
 
 def load_restorer(*, preset: str | None, weights: str, config: str | None = None,
                   checkpoint_fallback: bool = False, progress: bool = True,
-                  log: Any = print) -> Restorer:
+                  log: Any = print, dtype: str | None = None) -> Restorer:
   """The model and weights named by `weights`, with what its source says about them.
 
   weights: a released model name (downloaded, verified and converted once: vrt_jax.weights);
@@ -217,7 +217,11 @@ def load_restorer(*, preset: str | None, weights: str, config: str | None = None
   config / preset: override the model the source names.
   checkpoint_fallback: for a training workdir whose latest checkpoint is unreadable, load the
   latest earlier one that is readable (with a warning) instead of failing.
+  dtype: the compute dtype (presets.COMPUTE_DTYPES; parameters stay float32); default: the
+  source's (a training workdir's own, else float32).
   """
+  if dtype is not None and dtype not in presets.COMPUTE_DTYPES:
+    raise UserError(f"--dtype {dtype}: choose one of {', '.join(presets.COMPUTE_DTYPES)}")
   import vrt_jax
   from vrt_jax import checkpoint
   from vrt_jax import weights as weights_lib
@@ -256,6 +260,8 @@ def load_restorer(*, preset: str | None, weights: str, config: str | None = None
     raise UserError(
         f"{weights} does not say which model it holds: give --preset NAME (one of the released "
         "models) or --config FILE")
+  if dtype is not None:
+    kwargs = {**kwargs, "dtype": dtype}
   model = vrt_jax.VRT(**kwargs)
   if model.pa_frames == 0:
     raise UserError(

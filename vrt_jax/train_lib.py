@@ -35,6 +35,7 @@ from vrt_jax import (
   kernels,
   metrics,
   optim,
+  presets,
   sharding,
   tmsa,
   train_step,
@@ -46,8 +47,6 @@ METRICS_FILE = "metrics.jsonl"
 BASELINES_FILE = "baselines.json"
 SUMMARY_FILE = "summary.json"
 CURVES_FILE = "curves.png"
-# config.model.dtype: what the model computes in (VRT's `dtype`; parameters stay float32).
-COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 def _read_json(path: str) -> Any:
@@ -83,10 +82,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if nan_policy not in ("stop", "skip"):
     raise ValueError(f"config.nan_policy must be 'stop' or 'skip', got {nan_policy!r}")
   compute_dtype = config.model.get("dtype", "float32")
-  if compute_dtype not in COMPUTE_DTYPES:
+  if compute_dtype not in presets.COMPUTE_DTYPES:
     raise ValueError(
-        f"config.model.dtype must be one of {', '.join(COMPUTE_DTYPES)} (the compute dtype; "
-        f"parameters and optimizer state stay float32), got {compute_dtype!r}")
+        f"config.model.dtype must be one of {', '.join(presets.COMPUTE_DTYPES)} (the compute "
+        f"dtype; parameters and optimizer state stay float32), got {compute_dtype!r}")
   previous_config = _read_json(os.path.join(workdir, "config.json"))
   if is_main:
     # A full disk or read-only workdir fails here, not at the first checkpoint hours later.
