@@ -19,9 +19,10 @@ def model(preset: str) -> ml_collections.ConfigDict:
   """The VRT constructor kwargs of a released model, with the remat policy chosen per platform:
   none on CPU, full on a TPU or GPU chip (kernels.resolve_remat), where every official recipe
   needs it to fit 16 GB; float32 compute (`--config.model.dtype=bfloat16` computes in bfloat16
-  with float32 parameters and optimizer state)."""
+  with float32 parameters and optimizer state) at the accelerator's default matmul precision
+  (one bfloat16 pass on a TPU; `--config.model.matmul_precision=high` or `highest`, 3 or 6)."""
   return ml_collections.ConfigDict(dict(presets.get_preset(preset), remat="auto",
-                                        dtype="float32"))
+                                        dtype="float32", matmul_precision="default"))
 
 
 def recipe(preset: str | None, *, task: str, scale: int) -> ml_collections.ConfigDict:

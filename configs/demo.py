@@ -33,7 +33,8 @@ def get_config() -> ml_collections.ConfigDict:
   config = common.recipe(None, task="denoise", scale=1)
   config.model = ml_collections.ConfigDict(presets.tiny(
       in_chans=3, nonblind_denoising=True, img_size=[FRAMES, SIZE, SIZE],
-      window_size=[2, 8, 8], drop_path_rate=0.0, remat="auto", dtype="float32"))
+      window_size=[2, 8, 8], drop_path_rate=0.0, remat="auto", dtype="float32",
+      matmul_precision="default"))
   config.zero_init_last = True
 
   config.total_steps = 300

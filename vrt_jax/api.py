@@ -103,7 +103,8 @@ class VideoRestorer:
 
 def load(weights: str, *, preset: str | None = None, config: str | None = None,
          tile: Sequence[int] | None = None, tile_overlap: Sequence[int] | None = None,
-         fast: bool = True, progress: bool = True, dtype: str | None = None) -> VideoRestorer:
+         fast: bool = True, progress: bool = True, dtype: str | None = None,
+         matmul_precision: str | None = None) -> VideoRestorer:
   """A restorer for `weights`: a released model name (e.g. "006_VRT_videodeblurring_GoPro",
   downloaded, verified and converted once), an official `.pth`, a converted folder or a
   training workdir.
@@ -115,10 +116,13 @@ def load(weights: str, *, preset: str | None = None, config: str | None = None,
   progress: a progress bar while downloading weights.
   dtype: compute precision, "float32" or "bfloat16" (parameters stay float32); default: the
     weights' own (float32 for released models).
+  matmul_precision: of float32 matmuls and convolutions on a TPU or GPU, "default" (one
+    bfloat16 pass on a TPU), "high" or "highest"; default: the weights' own ("default").
   """
   from vrt_jax import runtime
 
   with runtime.quiet_logs_while():  # Orbax's INFO lines (and a harmless warning) per read.
     loaded = restore_lib.load_restorer(preset=preset, weights=str(weights), config=config,
-                                       progress=progress, dtype=dtype)
+                                       progress=progress, dtype=dtype,
+                                       matmul_precision=matmul_precision)
   return VideoRestorer(loaded, tile=tile, tile_overlap=tile_overlap, fast=fast)

@@ -30,7 +30,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 
-from vrt_jax import spatial
+from vrt_jax import presets, spatial
 
 KERNELS_ENV = "VRT_JAX_KERNELS"
 KERNEL_CHOICES = ("cpu", "xla")
@@ -155,3 +155,28 @@ def remat_part(fn: Callable[..., Any], policy: str) -> Callable[..., Any]:
 def _checked(policy: str) -> Any:
   """The checkpoint policy named `policy` (None for 'none'); an unknown name is refused."""
   return REMAT_POLICIES[resolve_remat(policy)]
+
+
+# Precision of float32 matmuls and convolutions (`config.model.matmul_precision`). On a TPU,
+# 'default' runs each as one bfloat16 pass with float32 accumulation, 'high' as three
+# (bfloat16_3x) and 'highest' as six (about float32); a GPU uses TF32 for 'default' and 'high'
+# where it has it. XLA's CPU backend computes float32 under all three. Operands already in
+# bfloat16 (`dtype`) are unaffected, and so are the one-hot matmuls that stand in for exact
+# gathers (warp, relative position bias), which ask for HIGHEST themselves.
+MATMUL_PRECISIONS = presets.MATMUL_PRECISIONS
+
+
+def check_matmul_precision(name: str) -> str:
+  """`name` if it is one of MATMUL_PRECISIONS; a ValueError naming the choices otherwise."""
+  if name not in MATMUL_PRECISIONS:
+    raise ValueError(f"matmul_precision {name!r} is unknown: use one of "
+                     f"{', '.join(MATMUL_PRECISIONS)}")
+  return name
+
+
+def matmul_precision(name: str) -> contextlib.AbstractContextManager[None]:
+  """Every matmul and convolution traced in this context that names no precision of its own
+  runs at `name` (MATMUL_PRECISIONS). Backward passes traced outside it (jax.grad of a
+  function that enters it) need it around the grad as well: hand-written VJPs are traced there.
+  """
+  return jax.default_matmul_precision(check_matmul_precision(name))

@@ -26,6 +26,8 @@ _RESTORE_BODY = dict(
 # What a model's `dtype` (its compute precision) may be in a config, a workdir or `--dtype`;
 # parameters are float32 either way.
 COMPUTE_DTYPES = ("float32", "bfloat16")
+# What a model's `matmul_precision` may be (vrt_jax.kernels.matmul_precision says what each is).
+MATMUL_PRECISIONS = ("default", "high", "highest")
 
 PRESETS: dict[str, dict[str, Any]] = {
     "001_VRT_videosr_bi_REDS_6frames": dict(

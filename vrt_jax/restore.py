@@ -64,6 +64,10 @@ def build_parser(prog: str = "vrt-restore") -> argparse.ArgumentParser:
                       help="compute precision (default: the weights' own, float32 for released "
                            "models); bfloat16 is for GPUs and TPUs: parameters stay float32, "
                            "and --memory_budget_mb still plans tiles for float32")
+  parser.add_argument("--matmul_precision", choices=presets.MATMUL_PRECISIONS,
+                      help="precision of float32 matmuls and convolutions on a TPU or GPU "
+                           "(default: the weights' own, 'default': one bfloat16 pass on a TPU; "
+                           "high and highest take 3 and 6); no effect on CPU")
   parser.add_argument("--sigma", type=float,
                       help="noise level 0-255 (denoising; a workdir's config gives a default)")
   parser.add_argument("--fps", type=float, help="output frame rate (default: the input's)")
@@ -124,9 +128,13 @@ def _main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   runtime.enable_compilation_cache()  # Each tile shape compiles once, across runs too.
   restorer = load_restorer(preset=args.preset, weights=args.weights, config=args.config,
                            checkpoint_fallback=args.checkpoint_fallback, progress=not args.quiet,
-                           log=lambda line: print(line, file=sys.stderr), dtype=args.dtype)
+                           log=lambda line: print(line, file=sys.stderr), dtype=args.dtype,
+                           matmul_precision=args.matmul_precision)
   if restorer.model_kwargs.get("dtype", "float32") != "float32":
     print(f"computing in {restorer.model_kwargs['dtype']} (float32 parameters)", flush=True)
+  if restorer.model_kwargs.get("matmul_precision", "default") != "default":
+    print(f"float32 matmuls and convolutions at {restorer.model_kwargs['matmul_precision']} "
+          "precision", flush=True)
   if args.sigma is None and restorer.defaults.get("sigma"):
     print(f"--sigma not given: using {restorer.defaults['sigma']:g}, the noise level "
           f"{args.weights} was validated at", flush=True)

@@ -206,7 +206,8 @@ def describe_weights_source(weights: str) -> str:
 
 def load_restorer(*, preset: str | None, weights: str, config: str | None = None,
                   checkpoint_fallback: bool = False, progress: bool = True,
-                  log: Any = print, dtype: str | None = None) -> Restorer:
+                  log: Any = print, dtype: str | None = None,
+                  matmul_precision: str | None = None) -> Restorer:
   """The model and weights named by `weights`, with what its source says about them.
 
   weights: a released model name (downloaded, verified and converted once: vrt_jax.weights);
@@ -219,9 +220,14 @@ def load_restorer(*, preset: str | None, weights: str, config: str | None = None
   latest earlier one that is readable (with a warning) instead of failing.
   dtype: the compute dtype (presets.COMPUTE_DTYPES; parameters stay float32); default: the
   source's (a training workdir's own, else float32).
+  matmul_precision: of float32 matmuls and convolutions on accelerators
+  (presets.MATMUL_PRECISIONS); default: the source's (a training workdir's own, else "default").
   """
   if dtype is not None and dtype not in presets.COMPUTE_DTYPES:
     raise UserError(f"--dtype {dtype}: choose one of {', '.join(presets.COMPUTE_DTYPES)}")
+  if matmul_precision is not None and matmul_precision not in presets.MATMUL_PRECISIONS:
+    raise UserError(f"--matmul_precision {matmul_precision}: choose one of "
+                    f"{', '.join(presets.MATMUL_PRECISIONS)}")
   import vrt_jax
   from vrt_jax import checkpoint
   from vrt_jax import weights as weights_lib
@@ -262,6 +268,8 @@ def load_restorer(*, preset: str | None, weights: str, config: str | None = None
         "models) or --config FILE")
   if dtype is not None:
     kwargs = {**kwargs, "dtype": dtype}
+  if matmul_precision is not None:
+    kwargs = {**kwargs, "matmul_precision": matmul_precision}
   model = vrt_jax.VRT(**kwargs)
   if model.pa_frames == 0:
     raise UserError(

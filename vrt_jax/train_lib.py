@@ -86,6 +86,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     raise ValueError(
         f"config.model.dtype must be one of {', '.join(presets.COMPUTE_DTYPES)} (the compute "
         f"dtype; parameters and optimizer state stay float32), got {compute_dtype!r}")
+  if config.model.get("matmul_precision", "default") not in kernels.MATMUL_PRECISIONS:
+    raise ValueError(f"config.model.matmul_precision must be one of "
+                     f"{', '.join(kernels.MATMUL_PRECISIONS)}, got "
+                     f"{config.model.matmul_precision!r}")
   previous_config = _read_json(os.path.join(workdir, "config.json"))
   if is_main:
     # A full disk or read-only workdir fails here, not at the first checkpoint hours later.
@@ -103,6 +107,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     logging.info("remat policy %s on %s: %s", config.model.remat, platform, model_kwargs["remat"])
   if compute_dtype != "float32":
     logging.info("computing in %s (float32 parameters and optimizer state)", compute_dtype)
+  if config.model.get("matmul_precision", "default") != "default":
+    logging.info("float32 matmuls and convolutions at %s precision",
+                 config.model.matmul_precision)
   model = vrt_jax.VRT(**model_kwargs)
 
   def data_from(shuffle_seed: int) -> Any:

@@ -16,7 +16,7 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
-from vrt_jax import checkpoint, losses, optim, sharding, spatial
+from vrt_jax import checkpoint, kernels, losses, optim, sharding, spatial
 
 State = dict[str, Any]  # {"step": int32 scalar, "params": tree, "opt_state": tree}
 
@@ -50,7 +50,9 @@ def train_step(state: State, batch: dict[str, jax.Array], *, model: Any,
     pred = model.apply({"params": params}, batch["lq"], train=True, rngs={"dropout": step_rng})
     return losses.charbonnier(pred, batch["gt"], loss_eps)
 
-  loss, grads = jax.value_and_grad(loss_fn)(state["params"])
+  # The hand-written VJPs of the CPU kernels are traced here, outside the model's own context.
+  with kernels.matmul_precision(getattr(model, "matmul_precision", "default")):
+    loss, grads = jax.value_and_grad(loss_fn)(state["params"])
   grad_norm = optax.global_norm(grads)
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
   params = optax.apply_updates(state["params"], updates)

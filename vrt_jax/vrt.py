@@ -280,6 +280,9 @@ class VRT(nn.Module):
   # Compute dtype (e.g. jnp.bfloat16 on GPU/TPU). Parameters stay float32; SpyNet, flows, warp and
   # deformable sampling positions, LayerNorm statistics and softmax stay float32; output float32.
   dtype: Any = jnp.float32
+  # Precision of float32 matmuls and convolutions on accelerators (kernels.MATMUL_PRECISIONS):
+  # 'default' is one bfloat16 pass on a TPU; 'high' and 'highest' cost 3 and 6. No effect on CPU.
+  matmul_precision: str = "default"
   # What each TMSA block keeps for the backward pass (kernels.REMAT_POLICIES): 'none' keeps
   # what autodiff keeps; 'full', 'dots', 'dots_no_batch' recompute the rest from the block's
   # input; 'auto' (the training configs' choice) is 'none' on CPU and 'full' on a TPU or GPU
@@ -325,9 +328,10 @@ class VRT(nn.Module):
     self.check_input(x.shape)
     if not jnp.issubdtype(x.dtype, jnp.floating):
       raise ValueError(f"VRT expects a float clip in [0, 1], got dtype {x.dtype}")
-    if self.pa_frames:
-      return self._restore(x, train)
-    return self._interpolate(x, train)
+    with kernels.matmul_precision(self.matmul_precision):
+      if self.pa_frames:
+        return self._restore(x, train)
+      return self._interpolate(x, train)
 
   def _restore(self, x: jax.Array, train: bool) -> jax.Array:
     noise_map = None

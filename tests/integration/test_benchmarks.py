@@ -131,3 +131,50 @@ def test_split_training_step_gathers_no_full_resolution_activation(tmp_path):
   assert row["space"] == 2 and row["full_res"] == 0
   assert all(g["fallback"] for g in row["gathers"] if g["full_res"])
   assert row["fallback"] > 0 and row["permutes"] > 0  # Halo exchanges, fallbacks compiled in.
+
+
+def test_matmul_precision_emulation_rounds_as_a_tpu_does():
+  import jax
+  import jax.numpy as jnp
+  import matmul_precision
+  import numpy as np
+
+  from vrt_jax import kernels
+
+  rng = np.random.default_rng(0)
+  a, b = (jnp.asarray(rng.standard_normal((32, 64)), jnp.float32),
+          jnp.asarray(rng.standard_normal((64, 16)), jnp.float32))
+  exact = np.asarray(a, np.float64) @ np.asarray(b, np.float64)
+  bf = lambda x: np.asarray(jnp.asarray(x).astype(jnp.bfloat16), np.float64)  # noqa: E731
+  hi_a, hi_b = bf(a), bf(b)
+  lo_a, lo_b = bf(np.asarray(a) - hi_a), bf(np.asarray(b) - hi_b)
+  want = {"default": hi_a @ hi_b, "high": hi_a @ hi_b + hi_a @ lo_b + lo_a @ hi_b,
+          "highest": exact}
+
+  # A matmul in a scan in a while loop in a cond, a convolution, and a one-hot matmul (an exact
+  # gather) under jax.checkpoint.
+  def f(x, y):
+    def body(c, _):
+      return c, x @ y
+    loop = lambda x: jax.lax.while_loop(lambda c: c[0] < 1, lambda c: (c[0] + 1, jax.lax.scan(
+        body, 0.0, None, length=2)[1][1]), (0, jnp.zeros((32, 16))))[1]  # noqa: E731
+    conv = jax.lax.conv_general_dilated(x[None, :, :, None], y[:3, :3, None, None], (1, 1),
+                                        "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    onehot = jax.checkpoint(lambda x: jnp.dot(x, jnp.eye(64)[:, :5],
+                                              precision=jax.lax.Precision.HIGHEST))(x)
+    return jax.lax.cond(True, loop, lambda x: x[:, :16], x), conv, onehot
+
+  errors = {}
+  for setting in kernels.MATMUL_PRECISIONS:
+    with kernels.matmul_precision(setting):
+      out, conv, onehot = jax.jit(matmul_precision.emulated(f))(a, b)
+    np.testing.assert_allclose(out, want[setting], rtol=0, atol=1e-4)
+    np.testing.assert_array_equal(onehot, np.asarray(a)[:, :5])  # HIGHEST asked: exact.
+    errors[setting] = np.abs(np.asarray(out, np.float64) - exact).max()
+    one_pass = bf if setting == "default" else lambda x: np.asarray(x, np.float64)
+    taps, image = one_pass(np.asarray(b)[:3, :3]), one_pass(a)
+    want_conv = sum(image[i:i + 30, j:j + 62] * taps[i, j] for i in range(3) for j in range(3))
+    np.testing.assert_allclose(conv[0, :, :, 0], want_conv, rtol=0, atol=1e-4)
+  # One bfloat16 pass is far off float32; three passes come close; six are float32.
+  assert errors["default"] > 1e-2 > 1e-3 > errors["high"] and errors["highest"] < 1e-4
+

@@ -2,12 +2,14 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
 from PIL import Image
-from test_train import read_metrics, run_train
+from test_train import REPO, read_metrics, run_train, train_env
 
 import vrt_jax
 from configs import demo
@@ -59,6 +61,17 @@ def test_demo_reports_baselines_table_figures_and_rerun_summary(tmp_path):
   assert "already holds this run's last step (2 of 2)" in again.stdout
   assert "Validation PSNR at step 2" in again.stdout and "<- best classical" in again.stdout
   assert "compiling the training step" not in again.stdout
+
+  # The run's held-out clips restored with matmuls emulated as a TPU runs them: at 'highest'
+  # (float32) the validation's PSNR again.
+  bench = subprocess.run([sys.executable, "benchmarks/matmul_precision.py", "--workdir", wd],
+                         cwd=REPO, env=train_env(), capture_output=True, text=True, timeout=900)
+  assert bench.returncode == 0, bench.stderr[-3000:]
+  rows = {line.split("|")[1].strip(): line.split("|") for line in bench.stdout.splitlines()
+          if line.startswith("| ") and "TPU passes" not in line}
+  assert set(rows) == {"default", "high", "highest"}, bench.stdout
+  assert float(rows["highest"][3]) == pytest.approx(validations[-1]["val_psnr"], abs=0.01)
+  assert f"Reproduce: python benchmarks/matmul_precision.py --workdir {wd}" in bench.stdout
 
 
 def test_validation_compiles_once_for_repeated_evaluations(tmp_path):

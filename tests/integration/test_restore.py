@@ -33,11 +33,12 @@ def test_mp4_round_trip_keeps_frame_count_and_rate(tmp_path):
   proc = subprocess.run(
       [sys.executable, "-m", "vrt_jax.restore", str(tmp_path / "in.mp4"), str(out),
        "--weights", str(weights), "--tile", "6,64,64",
-       "--tile_overlap", "2,16,16", "--dtype", "bfloat16"],
+       "--tile_overlap", "2,16,16", "--dtype", "bfloat16", "--matmul_precision", "high"],
       cwd=REPO, capture_output=True, text=True, timeout=600,
       env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "computing in bfloat16" in proc.stdout
+  assert "convolutions at high precision" in proc.stdout
   assert "7 frames written" in proc.stdout
   with av.open(str(out)) as container:
     stream = container.streams.video[0]
@@ -79,6 +80,10 @@ def test_untiled_restore_split_over_four_devices_equals_one_device(tmp_path):
 def test_an_unknown_compute_dtype_is_named_before_loading():
   with pytest.raises(restore_lib.UserError, match="--dtype bf16: choose one of float32, bfloat16"):
     restore_lib.load_restorer(preset=None, weights="006_VRT_videodeblurring_GoPro", dtype="bf16")
+  with pytest.raises(restore_lib.UserError, match="--matmul_precision float32: choose one of "
+                                                  "default, high, highest"):
+    restore_lib.load_restorer(preset=None, weights="006_VRT_videodeblurring_GoPro",
+                              matmul_precision="float32")
 
 
 def test_space_beyond_the_devices_is_a_short_error(tmp_path):

@@ -54,7 +54,8 @@ def test_task_config_follows_the_official_recipe(name):
   c = get_config(name)
   # Remat per platform: none on CPU, full on a TPU or GPU chip (every recipe needs it there).
   assert c.preset == preset and c.model.to_dict() == dict(presets.get_preset(preset),
-                                                          remat="auto", dtype="float32")
+                                                          remat="auto", dtype="float32",
+                                                          matmul_precision="default")
   assert (c.task, c.data.layout, c.data.gt_patch, c.data.num_frames) == (task, layout, patch,
                                                                            frames)
   assert c.scale == c.data.scale == c.model.upscale
@@ -113,8 +114,10 @@ def test_config_trains_on_fake_dataset(name, tmp_path):
   data_keys = write_fake_dataset(layout, str(tmp_path / "data"), task=task,
                                  size=(gt_patch, gt_patch + 16))
   model, frames = _tiny_model_override(name)
-  # The denoising recipe trains in bfloat16 compute here, so both precisions train end to end.
+  # The denoising recipe trains in bfloat16 compute here and the interpolation one at the
+  # highest matmul precision, so every setting trains end to end.
   model["dtype"] = "bfloat16" if task == "denoise" else "float32"
+  model["matmul_precision"] = "highest" if task == "vfi" else "default"
   data = dict(data_keys, gt_patch=gt_patch, num_workers=0)
   if task != "vfi":
     data["num_frames"] = frames
@@ -134,6 +137,7 @@ def test_config_trains_on_fake_dataset(name, tmp_path):
   proc = run_train(wd, "--config.total_steps=2", "--config.batch_size=1",
                    "--config.checkpoint_every=2", config=str(config_file))
   assert ("computing in bfloat16" in proc.stderr) == (task == "denoise")
+  assert ("convolutions at highest precision" in proc.stderr) == (task == "vfi")
   got = losses(wd)
   assert sorted(got) == [1, 2]
   assert all(v == v and 0 < v < 10 for v in got.values())

@@ -2,19 +2,21 @@
 policy computes the same function and gradients."""
 
 import contextlib
+import functools
 import io
 import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from jax.ad_checkpoint import print_saved_residuals
 from standins import steady_flows
 
 import vrt_jax
 from tests import parity_utils as pu
-from vrt_jax import checkpoint, kernels
+from vrt_jax import checkpoint, kernels, train_step
 
 _both = kernels.dispatch(cpu=lambda x: x + 11.0, xla=lambda x: x + 22.0)
 
@@ -149,3 +151,54 @@ def test_both_kernel_paths_and_remat_policies_give_the_same_loss_and_gradients(m
       pu.assert_close_but_a_few(g, w, atol=rel * float(np.max(np.abs(w))),
                                 err_msg=f"{choice}/{remat} {name}")
   jax.clear_caches()
+
+
+def _matmul_precisions(jaxpr) -> list:
+  """The precision of every dot_general and convolution in `jaxpr` and the jaxprs it holds."""
+  found = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name in ("dot_general", "conv_general_dilated"):
+      found.append(eqn.params["precision"])
+    for value in eqn.params.values():
+      for sub in value if isinstance(value, (tuple, list)) else (value,):
+        if isinstance(sub, jax.extend.core.ClosedJaxpr):
+          found += _matmul_precisions(sub.jaxpr)
+        elif isinstance(sub, jax.extend.core.Jaxpr):
+          found += _matmul_precisions(sub)
+  return found
+
+
+def test_unknown_matmul_precision_is_refused():
+  with pytest.raises(ValueError, match="'bf16' is unknown: use one of default, high, highest"):
+    kernels.matmul_precision("bf16")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("choice", ["cpu", "xla"])
+def test_matmul_precision_reaches_every_matmul_and_convolution(monkeypatch, choice):
+  # In the training step (forward and backward, hand-written VJPs included), every matmul and
+  # convolution runs at the setting; only the one-hot matmuls that stand in for exact gathers
+  # stay HIGHEST under every setting. (The forward alone is traced at the setting by
+  # benchmarks/matmul_precision.py, run by test_demo.)
+  monkeypatch.setenv(kernels.KERNELS_ENV, choice)
+  kwargs = vrt_jax.presets.tiny(img_size=[3, 64, 64], window_size=[2, 8, 8], depths=[2] * 9,
+                                drop_path_rate=0.0)
+  rng = np.random.default_rng(0)
+  batch = {"lq": jnp.asarray(rng.random((1, 3, 64, 64, 3)), jnp.float32),
+           "gt": jnp.asarray(rng.random((1, 3, 64, 64, 3)), jnp.float32)}
+  tx = optax.adam(1e-4)
+
+  def precisions(setting):
+    model = vrt_jax.VRT(**kwargs, matmul_precision=setting)
+    state = jax.eval_shape(lambda: train_step.init_state(model, tx, jax.random.key(0)))
+    step = jax.make_jaxpr(functools.partial(train_step.train_step, model=model, tx=tx,
+                                            dropout_rng=jax.random.key(1), loss_eps=1e-3))
+    return _matmul_precisions(step(state, batch).jaxpr)
+
+  as_named = {s: (jax.lax.Precision(s), jax.lax.Precision(s)) for s in kernels.MATMUL_PRECISIONS}
+  default = precisions("default")
+  exact = default.count(as_named["highest"])  # The one-hot gathers.
+  assert len(default) > 100 and exact > 0
+  assert default.count(as_named["default"]) == len(default) - exact
+  high = precisions("high")
+  assert len(high) == len(default) and high.count(as_named["high"]) == len(high) - exact

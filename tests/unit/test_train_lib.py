@@ -46,3 +46,16 @@ def test_an_unknown_compute_dtype_is_named_before_anything_is_written(tmp_path):
                                        "got 'bf16'"):
     train_lib.train_and_evaluate(config, str(tmp_path / "run"))
   assert not (tmp_path / "run").exists()
+
+
+def test_an_unknown_matmul_precision_is_named_before_anything_is_written(tmp_path):
+  import pytest
+
+  from configs import demo
+
+  config = demo.get_config()
+  config.model.matmul_precision = "float32"
+  with pytest.raises(ValueError, match="config.model.matmul_precision must be one of default, "
+                                       "high, highest, got 'float32'"):
+    train_lib.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()
