@@ -25,8 +25,10 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import _common as common  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from jax.extend import core as jex  # noqa: E402
@@ -171,7 +173,7 @@ def main() -> None:
   for row, passes in zip(rows, ("1 (bfloat16)", "3 (bfloat16_3x)", "6 (float32)"), strict=True):
     print(f"| {row['matmul_precision']} | {passes} | {row['psnr']:.3f} | {row['ssim']:.4f} | "
           f"{row['psnr'] - highest:+.3f} |")
-  print(f"Reproduce: python {' '.join(sys.argv)}")
+  print(f"Reproduce: {common.reproduce_line()}")
   if args.json:
     with open(args.json, "w") as f:
       json.dump(rows, f, indent=2)
